@@ -1,0 +1,619 @@
+#include "trainer/fit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "trainer/loss.h"
+
+struct fit_session {
+    model *m;
+    fit_config cfg;
+    fit_comm comm; /* zeroed when single process */
+    bool has_comm;
+    layer_net *net;
+    optim *opt;
+    int64_t local_max;           /* most rows this rank gets from one global batch */
+    int n_out;
+    model_loss loss[8];          /* per output */
+    double loss_weight[8];
+    int64_t out_len[8];          /* output row length */
+    int64_t y_len[8];            /* target row length (1 for sparse labels) */
+    float *y[8];                 /* target buffers [local_max, y_len] */
+    int n_metrics;
+    metric_kind metric[8][MODEL_MAX_METRICS]; /* resolved per output */
+    double *acc;                 /* running sums: loss, rows, then metric (sum,count) pairs */
+    int n_acc;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+fit_config fit_config_default(void)
+{
+    fit_config c;
+    memset(&c, 0, sizeof c);
+    c.epochs = 1;
+    c.batch = 32;
+    c.seed = 0;
+    c.shuffle = true;
+    return c;
+}
+
+int64_t fit_output_row_len(const model *m, int i)
+{
+    const model_ref *r = &m->outputs[i];
+    const model_shape *s = &m->layers[r->layer].nodes[r->node].out[r->tensor];
+    int64_t n = 1;
+    for (int d = 1; d < s->rank; d++)
+        n *= s->dims[d];
+    return n;
+}
+
+static const model_shape *input_shape(const model *m, int i)
+{
+    const model_ref *r = &m->inputs[i];
+    return &m->layers[r->layer].nodes[r->node].out[r->tensor];
+}
+
+static const model_shape *output_shape(const model *m, int i)
+{
+    const model_ref *r = &m->outputs[i];
+    return &m->layers[r->layer].nodes[r->node].out[r->tensor];
+}
+
+static const model_loss *loss_for_output(const model *m, int i)
+{
+    if (m->train.n_losses <= 0)
+        return NULL;
+    return &m->train.losses[m->train.n_losses == 1 ? 0 : i];
+}
+
+/* Target row length: sparse labels are one id per row (Keras accepts [rows] or [rows, 1]). */
+static int64_t target_len(const model *m, int i)
+{
+    const model_loss *l = loss_for_output(m, i);
+    if (l != NULL && l->kind == LOSS_SPARSE_CCE) {
+        const model_shape *s = output_shape(m, i);
+        int64_t n = 1;
+        for (int d = 1; d < s->rank - 1; d++)
+            n *= s->dims[d];
+        return n;
+    }
+    return fit_output_row_len(m, i);
+}
+
+static int shape_matches(int rank, const int64_t *row, const model_shape *s, int64_t want_len)
+{
+    int64_t n = 1;
+    for (int d = 0; d < rank; d++)
+        n *= row[d];
+    if (n != want_len)
+        return 0;
+    /* Same element count; also require the same shape when both have the rank (a flat
+     * [rows, 784] array feeding a [28, 28, 1] input is accepted, like a reshape would be). */
+    (void)s;
+    return 1;
+}
+
+int fit_data_check(const model *m, const fit_data *d, bool need_targets, const char *what,
+                   err_info *e)
+{
+    char a[128], b[128];
+    if (d->n_x != m->n_inputs)
+        return err_set(e, ERR_SHAPE, "%s: %d input arrays given, the model has %d inputs", what,
+                       d->n_x, m->n_inputs);
+    if (need_targets && d->n_y != m->n_outputs)
+        return err_set(e, ERR_SHAPE, "%s: %d target arrays given, the model has %d outputs", what,
+                       d->n_y, m->n_outputs);
+    int64_t rows = d->n_x > 0 ? data_source_rows(d->x[0].src) : 0;
+    for (int i = 0; i < d->n_x; i++) {
+        const model_shape *s = input_shape(m, i);
+        int64_t want = 1;
+        for (int k = 1; k < s->rank; k++)
+            want *= s->dims[k];
+        const data_source *src = d->x[i].src;
+        if (!shape_matches(data_source_row_rank(src), data_source_row_shape(src), s, want))
+            return err_set(e, ERR_SHAPE, "%s: input %d has rows of shape %s, the model input \"%s\" expects %s",
+                           what, i,
+                           tensor_shape_str(data_source_row_rank(src), data_source_row_shape(src), a, sizeof a),
+                           m->layers[m->inputs[i].layer].name,
+                           tensor_shape_str(s->rank - 1, s->dims + 1, b, sizeof b));
+        if (data_source_rows(src) != rows)
+            return err_set(e, ERR_SHAPE, "%s: input %d has %lld rows, input 0 has %lld", what, i,
+                           (long long)data_source_rows(src), (long long)rows);
+    }
+    if (!need_targets)
+        return ERR_OK;
+    for (int i = 0; i < d->n_y; i++) {
+        const model_shape *s = output_shape(m, i);
+        const data_source *src = d->y[i].src;
+        int64_t want = target_len(m, i);
+        if (!shape_matches(data_source_row_rank(src), data_source_row_shape(src), s, want))
+            return err_set(e, ERR_SHAPE, "%s: target %d has rows of shape %s, the model output \"%s\" is %s (loss %s expects %lld values per row)",
+                           what, i,
+                           tensor_shape_str(data_source_row_rank(src), data_source_row_shape(src), a, sizeof a),
+                           m->layers[m->outputs[i].layer].name,
+                           tensor_shape_str(s->rank - 1, s->dims + 1, b, sizeof b),
+                           loss_for_output(m, i) ? model_loss_name(loss_for_output(m, i)->kind) : "?",
+                           (long long)want);
+        if (data_source_rows(src) != rows)
+            return err_set(e, ERR_SHAPE, "%s: target %d has %lld rows, the inputs have %lld", what,
+                           i, (long long)data_source_rows(src), (long long)rows);
+    }
+    return ERR_OK;
+}
+
+/* Keras log names: "loss" and "<metric>" for one output; "<output>_loss" and
+ * "<output>_<metric>" added for several (Keras 3 style). */
+static void logs_add(fit_logs *l, const char *prefix, const char *name, double v)
+{
+    if (l->n >= FIT_MAX_LOGS)
+        return;
+    snprintf(l->names[l->n], sizeof l->names[0], "%s%s", prefix, name);
+    l->values[l->n++] = v;
+}
+
+static void logs_from_acc(const fit_session *s, const model *m, const double *acc,
+                          const char *prefix, fit_logs *out)
+{
+    /* acc layout: [total loss sum, rows] then per output [loss sum, then (sum, count) per metric] */
+    double rows = acc[1] > 0 ? acc[1] : 1;
+    logs_add(out, prefix, "loss", acc[0] / rows);
+    int k = 2;
+    for (int o = 0; o < s->n_out; o++) {
+        char p[96];
+        if (s->n_out > 1) {
+            snprintf(p, sizeof p, "%s%s_", prefix, m->layers[m->outputs[o].layer].name);
+            logs_add(out, p, "loss", acc[k] / rows);
+        } else {
+            snprintf(p, sizeof p, "%s", prefix);
+        }
+        k++;
+        for (int j = 0; j < s->n_metrics; j++) {
+            double cnt = acc[k + 1] > 0 ? acc[k + 1] : 1;
+            logs_add(out, p, metric_display_name(s->metric[o][j]), acc[k] / cnt);
+            k += 2;
+        }
+    }
+}
+
+static int acc_size(int n_out, int n_metrics)
+{
+    return 2 + n_out * (1 + 2 * n_metrics);
+}
+
+/* Losses and metrics of one batch into acc (adds), gradients into the net when training. */
+static int batch_losses(fit_session *s, model *m, layer_net *net, int64_t rows,
+                        int64_t global_rows, bool training, double *acc, err_info *e)
+{
+    int k = 2;
+    for (int o = 0; o < s->n_out; o++) {
+        const float *pred = layer_net_output(net, o);
+        float *grad = training ? layer_net_output_grad(net, o) : NULL;
+        double sum = 0;
+        int rc = loss_compute(&s->loss[o], pred, s->y[o], rows, s->out_len[o],
+                              (double)global_rows / s->loss_weight[o], &sum, grad, e);
+        if (rc != ERR_OK)
+            return err_wrap(e, "output \"%s\"", m->layers[m->outputs[o].layer].name);
+        acc[0] += s->loss_weight[o] * sum;
+        acc[k++] += sum;
+        for (int j = 0; j < s->n_metrics; j++) {
+            metric_accumulate(s->metric[o][j], pred, s->y[o], rows, s->out_len[o], &acc[k],
+                              &acc[k + 1]);
+            k += 2;
+        }
+    }
+    acc[1] += (double)rows;
+    return ERR_OK;
+}
+
+static int setup_outputs(fit_session *s, model *m, int64_t rows_max, err_info *e)
+{
+    s->n_out = m->n_outputs;
+    if (s->n_out > 8)
+        return err_set(e, ERR_UNSUPPORTED, "model has %d outputs; at most 8 are supported",
+                       s->n_out);
+    if (m->train.n_losses != 1 && m->train.n_losses != s->n_out)
+        return err_set(e, ERR_CONFIG, "%d losses given for a model with %d outputs",
+                       m->train.n_losses, s->n_out);
+    s->n_metrics = m->train.n_metrics;
+    for (int o = 0; o < s->n_out; o++) {
+        s->loss[o] = *loss_for_output(m, o);
+        s->loss_weight[o] =
+            m->train.loss_weights ? m->train.loss_weights[m->train.n_losses == 1 ? 0 : o] : 1.0;
+        if (!(s->loss_weight[o] > 0))
+            s->loss_weight[o] = 1.0;
+        s->out_len[o] = fit_output_row_len(m, o);
+        s->y_len[o] = target_len(m, o);
+        for (int j = 0; j < s->n_metrics; j++)
+            s->metric[o][j] = metric_resolve(m->train.metrics[j], &s->loss[o], s->out_len[o]);
+        size_t n = (size_t)(rows_max > 0 ? rows_max : 1) * (size_t)s->y_len[o];
+        s->y[o] = calloc(n, sizeof(float));
+        if (s->y[o] == NULL)
+            return err_set(e, ERR_NOMEM, "target buffer of %zu floats", n);
+    }
+    s->n_acc = acc_size(s->n_out, s->n_metrics);
+    s->acc = calloc((size_t)s->n_acc * 2, sizeof(double));
+    if (s->acc == NULL)
+        return err_set(e, ERR_NOMEM, "metric accumulators");
+    return ERR_OK;
+}
+
+static int net_reduce_hook(void *ctx, double *buf, int64_t n, err_info *e)
+{
+    const fit_comm *c = ctx;
+    return c->sum(c->ctx, buf, n, e);
+}
+
+int fit_session_create(model *m, const fit_config *c, const fit_comm *comm, fit_session **out,
+                       err_info *e)
+{
+    if (!m->built)
+        return err_set(e, ERR_INTERNAL, "fit_session_create: model not built");
+    if (!m->train.compiled || m->train.n_losses == 0)
+        return err_set(e, ERR_CONFIG, "the model has no loss: give --loss (or a file with a training_config)");
+    if (c->batch <= 0)
+        return err_set(e, ERR_USAGE, "batch size %lld must be positive", (long long)c->batch);
+    fit_session *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return err_set(e, ERR_NOMEM, "fit session");
+    s->m = m;
+    s->cfg = *c;
+    int size = 1;
+    if (comm != NULL && comm->size > 1) {
+        s->comm = *comm;
+        s->has_comm = true;
+        size = comm->size;
+    }
+    s->local_max = (c->batch + size - 1) / size;
+    int rc = layer_net_create(m, s->local_max > 0 ? s->local_max : 1, true, &s->net, e);
+    if (rc == ERR_OK && s->has_comm && s->comm.sum != NULL)
+        layer_net_set_reduce(s->net, net_reduce_hook, &s->comm);
+    if (rc == ERR_OK)
+        rc = optim_create(m, &s->opt, e);
+    if (rc == ERR_OK)
+        rc = setup_outputs(s, m, s->local_max, e);
+    if (rc != ERR_OK) {
+        fit_session_destroy(s);
+        return rc;
+    }
+    *out = s;
+    return ERR_OK;
+}
+
+void fit_session_destroy(fit_session *s)
+{
+    if (s == NULL)
+        return;
+    layer_net_destroy(s->net);
+    optim_destroy(s->opt);
+    for (int o = 0; o < 8; o++)
+        free(s->y[o]);
+    free(s->acc);
+    free(s);
+}
+
+float *fit_session_grads(fit_session *s)
+{
+    return layer_net_grads(s->net);
+}
+
+static int grad_ready_hook(void *ctx, size_t lo, size_t hi, err_info *e)
+{
+    const fit_comm *c = ctx;
+    return c->grad_ready(c->ctx, lo, hi, e);
+}
+
+static int agree(const fit_session *s, int rc, err_info *e)
+{
+    if (s->has_comm && s->comm.agree != NULL)
+        return s->comm.agree(s->comm.ctx, rc, e);
+    return rc;
+}
+
+static int sum_over_ranks(const fit_session *s, double *buf, int64_t n, err_info *e)
+{
+    if (s->has_comm && s->comm.sum != NULL)
+        return s->comm.sum(s->comm.ctx, buf, n, e);
+    return ERR_OK;
+}
+
+static void status(const fit_session *s, const char *fmt, int64_t a, int64_t b)
+{
+    if (s->has_comm && s->comm.status != NULL) {
+        char buf[128];
+        snprintf(buf, sizeof buf, fmt, (long long)a, (long long)b);
+        s->comm.status(s->comm.ctx, buf);
+    }
+}
+
+static int make_loader(const fit_session *s, const fit_data *d, int64_t begin, int64_t end,
+                       int64_t batch, bool shuffle, data_loader **out, err_info *e)
+{
+    data_source *xs[8], *ys[8];
+    float xscale[8];
+    for (int i = 0; i < d->n_x; i++) {
+        xs[i] = d->x[i].src;
+        xscale[i] = d->x[i].scale;
+    }
+    for (int i = 0; i < d->n_y; i++)
+        ys[i] = d->y[i].src;
+    data_loader_config lc;
+    memset(&lc, 0, sizeof lc);
+    lc.begin = begin;
+    lc.end = end;
+    lc.batch = batch;
+    lc.shuffle = shuffle;
+    lc.drop_remainder = false;
+    lc.seed = s->cfg.seed;
+    lc.rank = s->has_comm ? s->comm.rank : 0;
+    lc.nranks = s->has_comm ? s->comm.size : 1;
+    return data_loader_create(xs, xscale, d->n_x, ys, d->n_y, &lc, out, e);
+}
+
+/* One pass of inference over a loader, accumulating losses and metrics into acc. */
+static int run_eval(fit_session *s, layer_net *net, data_loader *l, double *acc, err_info *e)
+{
+    model *m = s->m;
+    float *xdst[8];
+    for (int i = 0; i < m->n_inputs; i++)
+        xdst[i] = layer_net_input(net, i);
+    int rc = data_loader_epoch(l, 0, e);
+    for (int64_t step = 0; rc == ERR_OK; step++) {
+        int64_t grows = 0, lrows = 0;
+        bool done = false;
+        rc = data_loader_next(l, xdst, s->y, &grows, &lrows, &done, e);
+        if (rc != ERR_OK || done)
+            break;
+        if (lrows > 0) {
+            rc = layer_net_forward(net, lrows, false, s->cfg.seed, step, e);
+            if (rc == ERR_OK)
+                rc = batch_losses(s, m, net, lrows, grows, false, acc, e);
+        }
+    }
+    return rc;
+}
+
+int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fit_logs *last,
+              err_info *e)
+{
+    model *m = s->m;
+    data_loader *tl = NULL, *vl = NULL;
+    layer_net *vnet = NULL;
+    int rc = fit_data_check(m, train, true, "training data", e);
+    if (rc != ERR_OK)
+        return rc;
+    int64_t n = data_source_rows(train->x[0].src);
+    int64_t split = n;
+    const fit_data *vdata = s->cfg.val;
+    if (s->cfg.validation_split > 0 && vdata == NULL) {
+        if (!(s->cfg.validation_split < 1))
+            return err_set(e, ERR_USAGE, "validation_split %g must be in [0, 1)",
+                           s->cfg.validation_split);
+        /* Keras: split_at = int(num_samples * (1 - validation_split)), validation = the tail. */
+        split = (int64_t)((double)n * (1.0 - s->cfg.validation_split));
+        vdata = train;
+    }
+    if (split <= 0)
+        return err_set(e, ERR_USAGE, "no training rows left after the validation split");
+    if (vdata != NULL && vdata != train &&
+        (rc = fit_data_check(m, vdata, true, "validation data", e)) != ERR_OK)
+        return rc;
+    rc = make_loader(s, train, 0, split, s->cfg.batch, s->cfg.shuffle, &tl, e);
+    if (rc == ERR_OK && vdata != NULL) {
+        int64_t vb = vdata == train ? split : 0;
+        int64_t ve = data_source_rows(vdata->x[0].src);
+        if (ve > vb) {
+            rc = make_loader(s, vdata, vb, ve, s->cfg.batch, false, &vl, e);
+            if (rc == ERR_OK)
+                rc = layer_net_create(m, s->local_max, false, &vnet, e);
+            if (rc == ERR_OK && s->has_comm && s->comm.sum != NULL)
+                layer_net_set_reduce(vnet, net_reduce_hook, &s->comm);
+        }
+    }
+    rc = agree(s, rc, e);
+    if (rc != ERR_OK)
+        goto done;
+
+    float *xdst[8];
+    for (int i = 0; i < m->n_inputs; i++)
+        xdst[i] = layer_net_input(s->net, i);
+    const float *grads = layer_net_grads(s->net);
+    int64_t steps = data_loader_steps(tl);
+    if (s->cfg.steps_limit > 0 && s->cfg.steps_limit < steps)
+        steps = s->cfg.steps_limit;
+    double *acc = s->acc, *gacc = s->acc + s->n_acc;
+    for (int64_t epoch = s->cfg.initial_epoch; epoch < s->cfg.epochs; epoch++) {
+        double t0 = now_s();
+        fit_timing tm = {0, 0, 0, 0};
+        memset(acc, 0, sizeof(double) * (size_t)s->n_acc);
+        if ((rc = data_loader_epoch(tl, epoch, e)) != ERR_OK)
+            break;
+        fit_logs logs;
+        for (int64_t step = 0; step < steps; step++) {
+            status(s, "epoch %lld step %lld: loading data", epoch + 1, step + 1);
+            double ts = now_s();
+            int64_t grows = 0, lrows = 0;
+            bool done = false;
+            rc = data_loader_next(tl, xdst, s->y, &grows, &lrows, &done, e);
+            if (rc != ERR_OK || done)
+                break;
+            double td = now_s();
+            tm.data_s += td - ts;
+            status(s, "epoch %lld step %lld: forward", epoch + 1, step + 1);
+            /* The dropout stream is keyed by the optimizer's iteration count, so a resumed run
+             * draws the same masks as an uninterrupted one. */
+            int64_t it = m->opt.iterations;
+            /* A rank whose share of a short last batch is empty still runs forward/backward on
+             * zero rows (zero gradients) so that every rank joins the same collectives. */
+            rc = layer_net_forward(s->net, lrows, true, s->cfg.seed, it, e);
+            if (rc == ERR_OK)
+                rc = batch_losses(s, m, s->net, lrows, grows, true, acc, e);
+            if (s->has_comm)
+                rc = agree(s, rc, e);
+            if (rc != ERR_OK)
+                break;
+            status(s, "epoch %lld step %lld: backward", epoch + 1, step + 1);
+            if (s->has_comm && s->comm.grad_begin != NULL &&
+                (rc = s->comm.grad_begin(s->comm.ctx, e)) != ERR_OK)
+                break;
+            rc = layer_net_backward(s->net, lrows,
+                                    s->has_comm && s->comm.grad_ready ? grad_ready_hook : NULL,
+                                    &s->comm, e);
+            double tb = now_s();
+            if (rc == ERR_OK && s->has_comm && s->comm.grad_finish != NULL) {
+                status(s, "epoch %lld step %lld: gradient allreduce", epoch + 1, step + 1);
+                rc = s->comm.grad_finish(s->comm.ctx, e);
+            }
+            double tc = now_s();
+            tm.comm_s += tc - tb;
+            if (rc != ERR_OK)
+                break;
+            /* Global running sums for the progress line and the NaN check. */
+            memcpy(gacc, acc, sizeof(double) * (size_t)s->n_acc);
+            if ((rc = sum_over_ranks(s, gacc, s->n_acc, e)) != ERR_OK)
+                break;
+            if (!isfinite(gacc[0])) {
+                rc = err_set(e, ERR_NUMERIC,
+                             "loss is %g at epoch %lld step %lld (iteration %lld): training "
+                             "diverged; lower the learning rate or check the data",
+                             gacc[0], (long long)epoch + 1, (long long)step + 1, (long long)it + 1);
+                break;
+            }
+            status(s, "epoch %lld step %lld: update", epoch + 1, step + 1);
+            if ((rc = optim_step(s->opt, m, grads, e)) != ERR_OK)
+                break;
+            double te = now_s();
+            tm.compute_s += (te - td) - (tc - tb);
+            tm.step_s += te - ts;
+            if (cb != NULL && cb->on_step != NULL) {
+                logs.n = 0;
+                logs_from_acc(s, m, gacc, "", &logs);
+                cb->on_step(cb->ctx, epoch, step + 1, steps, &logs, now_s() - t0);
+            }
+        }
+        if (rc != ERR_OK)
+            break;
+        logs.n = 0;
+        logs_from_acc(s, m, gacc, "", &logs);
+        if (vl != NULL) {
+            status(s, "epoch %lld: validation", epoch + 1, 0);
+            double *vacc = calloc((size_t)s->n_acc, sizeof(double));
+            if (vacc == NULL) {
+                rc = err_set(e, ERR_NOMEM, "validation accumulators");
+                break;
+            }
+            rc = run_eval(s, vnet, vl, vacc, e);
+            rc = agree(s, rc, e);
+            if (rc == ERR_OK)
+                rc = sum_over_ranks(s, vacc, s->n_acc, e);
+            if (rc == ERR_OK)
+                logs_from_acc(s, m, vacc, "val_", &logs);
+            free(vacc);
+            if (rc != ERR_OK)
+                break;
+        }
+        if (cb != NULL && cb->on_epoch != NULL)
+            cb->on_epoch(cb->ctx, epoch, s->cfg.epochs, steps, &logs, now_s() - t0, &tm);
+        if (last != NULL)
+            *last = logs;
+    }
+done:
+    layer_net_destroy(vnet);
+    data_loader_destroy(vl);
+    data_loader_destroy(tl);
+    return rc;
+}
+
+int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm,
+                 fit_logs *out, err_info *e)
+{
+    int rc = fit_data_check(m, data, true, "evaluation data", e);
+    if (rc != ERR_OK)
+        return rc;
+    if (!m->train.compiled || m->train.n_losses == 0)
+        return err_set(e, ERR_CONFIG, "the model has no loss: give --loss (or a file with a training_config)");
+    fit_session s;
+    memset(&s, 0, sizeof s);
+    s.m = m;
+    s.cfg = fit_config_default();
+    s.cfg.batch = batch;
+    if (comm != NULL && comm->size > 1) {
+        s.comm = *comm;
+        s.has_comm = true;
+    }
+    s.local_max = (batch + (s.has_comm ? s.comm.size : 1) - 1) / (s.has_comm ? s.comm.size : 1);
+    data_loader *l = NULL;
+    layer_net *net = NULL;
+    rc = setup_outputs(&s, m, s.local_max, e);
+    if (rc == ERR_OK)
+        rc = make_loader(&s, data, 0, data_source_rows(data->x[0].src), batch, false, &l, e);
+    if (rc == ERR_OK)
+        rc = layer_net_create(m, s.local_max > 0 ? s.local_max : 1, false, &net, e);
+    if (rc == ERR_OK && s.has_comm && s.comm.sum != NULL)
+        layer_net_set_reduce(net, net_reduce_hook, &s.comm);
+    if (rc == ERR_OK)
+        rc = run_eval(&s, net, l, s.acc, e);
+    rc = agree(&s, rc, e);
+    if (rc == ERR_OK)
+        rc = sum_over_ranks(&s, s.acc, s.n_acc, e);
+    if (rc == ERR_OK) {
+        out->n = 0;
+        logs_from_acc(&s, m, s.acc, "", out);
+    }
+    layer_net_destroy(net);
+    data_loader_destroy(l);
+    for (int o = 0; o < 8; o++)
+        free(s.y[o]);
+    free(s.acc);
+    return rc;
+}
+
+int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *const *out,
+                err_info *e)
+{
+    fit_data d;
+    memset(&d, 0, sizeof d);
+    d.n_x = n_x;
+    for (int i = 0; i < n_x && i < 8; i++) {
+        d.x[i].src = x[i];
+        d.x[i].scale = 1.0f;
+    }
+    int rc = fit_data_check(m, &d, false, "predict input", e);
+    if (rc != ERR_OK)
+        return rc;
+    int64_t rows = n_x > 0 ? data_source_rows(x[0]) : 0;
+    if (batch <= 0)
+        batch = 32;
+    if (batch > rows && rows > 0)
+        batch = rows;
+    layer_net *net = NULL;
+    int64_t *ids = malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
+    if (ids == NULL)
+        return err_set(e, ERR_NOMEM, "row index buffer");
+    rc = layer_net_create(m, batch > 0 ? batch : 1, false, &net, e);
+    for (int64_t r0 = 0; rc == ERR_OK && r0 < rows; r0 += batch) {
+        int64_t nb = rows - r0 < batch ? rows - r0 : batch;
+        for (int64_t k = 0; k < nb; k++)
+            ids[k] = r0 + k;
+        for (int i = 0; i < n_x && rc == ERR_OK; i++)
+            rc = data_source_read(x[i], ids, nb, 1.0f, layer_net_input(net, i), e);
+        if (rc == ERR_OK)
+            rc = layer_net_forward(net, nb, false, 0, 0, e);
+        for (int o = 0; rc == ERR_OK && o < m->n_outputs; o++) {
+            int64_t len = fit_output_row_len(m, o);
+            memcpy(out[o] + r0 * len, layer_net_output(net, o),
+                   sizeof(float) * (size_t)(nb * len));
+        }
+    }
+    layer_net_destroy(net);
+    free(ids);
+    return rc;
+}
