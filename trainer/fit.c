@@ -178,7 +178,8 @@ static void logs_from_acc(const fit_session *s, const model *m, const double *ac
         k++;
         for (int j = 0; j < s->n_metrics; j++) {
             double cnt = acc[k + 1] > 0 ? acc[k + 1] : 1;
-            logs_add(out, p, metric_display_name(s->metric[o][j]), acc[k] / cnt);
+            /* Keras prints the name the user compiled with ("accuracy"), not the resolved one. */
+            logs_add(out, p, metric_display_name(m->train.metrics[j]), acc[k] / cnt);
             k += 2;
         }
     }
