@@ -168,7 +168,7 @@ static void logs_from_acc(const fit_session *s, const model *m, const double *ac
     logs_add(out, prefix, "loss", acc[0] / rows);
     int k = 2;
     for (int o = 0; o < s->n_out; o++) {
-        char p[96];
+        char p[MODEL_NAME_MAX + 64];
         if (s->n_out > 1) {
             snprintf(p, sizeof p, "%s%s_", prefix, m->layers[m->outputs[o].layer].name);
             logs_add(out, p, "loss", acc[k] / rows);
@@ -326,11 +326,16 @@ static int sum_over_ranks(const fit_session *s, double *buf, int64_t n, err_info
     return ERR_OK;
 }
 
-static void status(const fit_session *s, const char *fmt, int64_t a, int64_t b)
+/* Tells the runtime what this rank is doing (epoch and step 1-based), for failure reports. */
+static void status(const fit_session *s, int64_t epoch, int64_t step, const char *what)
 {
     if (s->has_comm && s->comm.status != NULL) {
         char buf[128];
-        snprintf(buf, sizeof buf, fmt, (long long)a, (long long)b);
+        if (step > 0)
+            snprintf(buf, sizeof buf, "epoch %lld step %lld: %s", (long long)epoch,
+                     (long long)step, what);
+        else
+            snprintf(buf, sizeof buf, "epoch %lld: %s", (long long)epoch, what);
         s->comm.status(s->comm.ctx, buf);
     }
 }
@@ -439,7 +444,7 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
             break;
         fit_logs logs;
         for (int64_t step = 0; step < steps; step++) {
-            status(s, "epoch %lld step %lld: loading data", epoch + 1, step + 1);
+            status(s, epoch + 1, step + 1, "loading data");
             double ts = now_s();
             int64_t grows = 0, lrows = 0;
             bool done = false;
@@ -448,12 +453,17 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                 break;
             double td = now_s();
             tm.data_s += td - ts;
-            status(s, "epoch %lld step %lld: forward", epoch + 1, step + 1);
+            status(s, epoch + 1, step + 1, "forward");
             /* The dropout stream is keyed by the optimizer's iteration count, so a resumed run
              * draws the same masks as an uninterrupted one. */
             int64_t it = m->opt.iterations;
             /* A rank whose share of a short last batch is empty still runs forward/backward on
              * zero rows (zero gradients) so that every rank joins the same collectives. */
+            /* Dropout masks are keyed by the global row: this rank's slice starts at
+             * r * q + min(r, g % size) (the loader's slicing rule, trainer/data.h). */
+            int r = s->has_comm ? s->comm.rank : 0, size = s->has_comm ? s->comm.size : 1;
+            int64_t q = grows / size, rem = grows % size;
+            layer_net_set_row_offset(s->net, r * q + (r < rem ? r : rem));
             rc = layer_net_forward(s->net, lrows, true, s->cfg.seed, it, e);
             if (rc == ERR_OK)
                 rc = batch_losses(s, m, s->net, lrows, grows, true, acc, e);
@@ -461,7 +471,7 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                 rc = agree(s, rc, e);
             if (rc != ERR_OK)
                 break;
-            status(s, "epoch %lld step %lld: backward", epoch + 1, step + 1);
+            status(s, epoch + 1, step + 1, "backward");
             if (s->has_comm && s->comm.grad_begin != NULL &&
                 (rc = s->comm.grad_begin(s->comm.ctx, e)) != ERR_OK)
                 break;
@@ -470,7 +480,7 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                                     &s->comm, e);
             double tb = now_s();
             if (rc == ERR_OK && s->has_comm && s->comm.grad_finish != NULL) {
-                status(s, "epoch %lld step %lld: gradient allreduce", epoch + 1, step + 1);
+                status(s, epoch + 1, step + 1, "gradient allreduce");
                 rc = s->comm.grad_finish(s->comm.ctx, e);
             }
             double tc = now_s();
@@ -488,7 +498,7 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                              gacc[0], (long long)epoch + 1, (long long)step + 1, (long long)it + 1);
                 break;
             }
-            status(s, "epoch %lld step %lld: update", epoch + 1, step + 1);
+            status(s, epoch + 1, step + 1, "update");
             if ((rc = optim_step(s->opt, m, grads, e)) != ERR_OK)
                 break;
             double te = now_s();
@@ -505,7 +515,7 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
         logs.n = 0;
         logs_from_acc(s, m, gacc, "", &logs);
         if (vl != NULL) {
-            status(s, "epoch %lld: validation", epoch + 1, 0);
+            status(s, epoch + 1, 0, "validation");
             double *vacc = calloc((size_t)s->n_acc, sizeof(double));
             if (vacc == NULL) {
                 rc = err_set(e, ERR_NOMEM, "validation accumulators");
