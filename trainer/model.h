@@ -27,7 +27,10 @@
 #define MODEL_NODE_MAX_OUT 4 /* an LSTM with return_state has 3 outputs */
 #define MODEL_MAX_BOUNDS 32  /* PiecewiseConstantDecay boundaries */
 #define MODEL_MAX_METRICS 8
-#define MODEL_MAX_SLOTS 3    /* optimizer slots per trainable parameter */
+#define MODEL_MAX_SLOTS 3 /* optimizer slots per trainable parameter */
+/* Longest layer name model_layer_add() accepts, so that every weight name
+ * "<layer>/<cell>/<weight>:0" fits in MODEL_NAME_MAX. */
+#define MODEL_LAYER_NAME_MAX 200
 
 typedef enum layer_kind {
     LAYER_INPUT,
@@ -69,13 +72,13 @@ typedef enum pad_kind { PAD_VALID, PAD_SAME, PAD_CAUSAL, PAD_COUNT } pad_kind;
 typedef enum init_kind {
     INIT_ZEROS,
     INIT_ONES,
-    INIT_CONSTANT,        /* value */
-    INIT_RANDOM_UNIFORM,  /* minval, maxval */
-    INIT_RANDOM_NORMAL,   /* mean, stddev */
-    INIT_TRUNCATED_NORMAL,/* mean, stddev; redraw beyond 2 stddev */
-    INIT_VARIANCE_SCALING,/* scale, mode, distribution: glorot_*, he_*, lecun_* are this */
-    INIT_ORTHOGONAL,      /* gain */
-    INIT_IDENTITY,        /* gain */
+    INIT_CONSTANT,         /* value */
+    INIT_RANDOM_UNIFORM,   /* minval, maxval */
+    INIT_RANDOM_NORMAL,    /* mean, stddev */
+    INIT_TRUNCATED_NORMAL, /* mean, stddev; redraw beyond 2 stddev */
+    INIT_VARIANCE_SCALING, /* scale, mode, distribution: glorot_*, he_*, lecun_* are this */
+    INIT_ORTHOGONAL,       /* gain */
+    INIT_IDENTITY,         /* gain */
     INIT_COUNT
 } init_kind;
 
@@ -89,8 +92,8 @@ typedef enum init_dist {
 
 typedef struct model_init {
     init_kind kind;
-    double a;  /* value | minval | mean | scale | gain */
-    double b;  /* maxval | stddev */
+    double a; /* value | minval | mean | scale | gain */
+    double b; /* maxval | stddev */
     init_mode mode;
     init_dist dist;
     bool has_seed;
@@ -98,42 +101,55 @@ typedef struct model_init {
     char keras_name[64]; /* the spelling read, e.g. "GlorotUniform" or "glorot_uniform" */
 } model_init;
 
+/* An L1/L2 weight penalty (Keras L1L2, L1, L2): l1 * sum|w| + l2 * sum w^2; 0, 0 = none. */
+typedef struct model_reg {
+    double l1, l2;
+} model_reg;
+
 /* Every option any supported layer reads; each kind uses a subset (docs/model-config.md). */
 typedef struct layer_config {
-    int64_t units;      /* Dense, SimpleRNN, LSTM, GRU */
-    int64_t filters;    /* Conv1D, Conv2D */
+    int64_t units;                                   /* Dense, SimpleRNN, LSTM, GRU */
+    int64_t filters;                                 /* Conv1D, Conv2D */
     int64_t kernel_size[2], strides[2], dilation[2]; /* conv; 1D uses [0] */
     int64_t pool_size[2], pool_strides[2];           /* pooling; 1D uses [0] */
     pad_kind padding;
-    int64_t zero_pad[4];   /* ZeroPadding2D: top, bottom, left, right */
-    bool channels_first;   /* data_format "channels_first" (Keras 1: dim_ordering "th") */
+    int64_t zero_pad[4]; /* ZeroPadding2D: top, bottom, left, right */
+    bool channels_first; /* data_format "channels_first" (Keras 1: dim_ordering "th") */
     bool use_bias;
-    act_kind activation;   /* Dense, Conv, Activation, RNN output activation */
+    act_kind activation; /* Dense, Conv, Activation, RNN output activation */
     act_kind recurrent_activation;
-    int axis;              /* BatchNormalization, Concatenate, Softmax (negative counts back) */
+    int axis;                 /* BatchNormalization, Concatenate, Softmax (negative counts back) */
     double momentum, epsilon; /* BatchNormalization */
     bool center, scale;
-    double rate;           /* Dropout */
-    int64_t dropout_seed;  /* Dropout "seed"; -1 when absent */
-    int target_rank;       /* Reshape: target_shape without batch, -1 allowed once */
+    double rate;          /* Dropout */
+    int64_t dropout_seed; /* Dropout "seed"; -1 when absent */
+    int target_rank;      /* Reshape: target_shape without batch, -1 allowed once */
     int64_t target_shape[TENSOR_MAX_RANK];
-    double alpha;          /* ELU alpha; LeakyReLU negative_slope (Keras 2 "alpha") */
-    double max_value;      /* ReLU: < 0 means none */
+    double alpha;                     /* ELU alpha; LeakyReLU negative_slope (Keras 2 "alpha") */
+    double max_value;                 /* ReLU: < 0 means none */
     double negative_slope, threshold; /* ReLU */
     int64_t input_dim, output_dim;    /* Embedding */
     bool mask_zero;
     bool return_sequences, return_state, go_backwards, reset_after, stateful;
     model_init kernel_init, bias_init, recurrent_init, embeddings_init;
     model_init gamma_init, beta_init, moving_mean_init, moving_variance_init;
+    /* Added by the config reader: */
+    double dropout, recurrent_dropout; /* RNN input / recurrent dropout rates (0 = none) */
+    bool unit_forget_bias;             /* LSTM: forget-gate bias starts at 1 (Keras default) */
+    /* Penalties (Dense/Conv kernel+bias, RNN kernel+recurrent+bias, Embedding embeddings) and
+     * the activity penalty on the layer output; all zero when the config has null. */
+    model_reg kernel_reg, bias_reg, recurrent_reg, embeddings_reg, activity_reg;
 } layer_config;
 
 /* Keras defaults for a kind (Dense: use_bias, glorot_uniform kernel, zeros bias, ...). */
 layer_config layer_config_default(layer_kind kind);
+/* The default kernel initializer: GlorotUniform (variance scaling 1, fan_avg, uniform). */
+model_init model_init_default(void);
 
 typedef struct model_ref {
-    int layer; /* index into m->layers */
-    int node;  /* which call of that layer */
-    int tensor;/* which output of that call */
+    int layer;  /* index into m->layers */
+    int node;   /* which call of that layer */
+    int tensor; /* which output of that call */
 } model_ref;
 
 typedef struct model_shape {
@@ -143,8 +159,8 @@ typedef struct model_shape {
 
 typedef struct model_node {
     int n_in;
-    model_ref *in;       /* owned by the model */
-    int n_out;           /* set by model_build */
+    model_ref *in; /* owned by the model */
+    int n_out;     /* set by model_build */
     model_shape out[MODEL_NODE_MAX_OUT];
 } model_node;
 
@@ -156,8 +172,8 @@ typedef struct model_layer {
     model_shape input_shape; /* InputLayer: batch_shape (rank 0 if not given) */
     dtype input_dtype;       /* InputLayer: float32 or int32 (Embedding inputs) */
     int n_nodes;
-    model_node *nodes;       /* owned by the model */
-    int weight0, n_weights;  /* this layer's slice of m->weights (set by model_build) */
+    model_node *nodes;      /* owned by the model */
+    int weight0, n_weights; /* this layer's slice of m->weights (set by model_build) */
 } model_layer;
 
 typedef struct model_weight {
@@ -229,14 +245,14 @@ typedef struct model_schedule {
 typedef struct model_optim_config {
     optim_kind kind;
     model_schedule lr;
-    double momentum;  /* SGD, RMSprop */
+    double momentum; /* SGD, RMSprop */
     bool nesterov;
     double beta_1, beta_2, epsilon;
     bool amsgrad;
     double weight_decay; /* AdamW (and Keras 3 weight_decay on any optimizer); 0 = off */
     double rho;          /* RMSprop */
     bool centered;
-    double initial_accumulator_value; /* Adagrad */
+    double initial_accumulator_value;            /* Adagrad */
     double clipnorm, clipvalue, global_clipnorm; /* 0 = off */
 } model_optim_config;
 
@@ -248,8 +264,8 @@ model_optim_config model_optim_config_default(optim_kind kind);
 typedef struct model_optim_state {
     int64_t iterations;
     int n_slots;
-    float *slots;        /* owned by the model; NULL when n_slots == 0 */
-    double scalars[4];   /* per-optimizer scalars (Nadam's momentum-schedule product) */
+    float *slots;      /* owned by the model; NULL when n_slots == 0 */
+    double scalars[4]; /* per-optimizer scalars (Nadam's momentum-schedule product) */
 } model_optim_state;
 
 typedef struct model_train_config {
@@ -298,7 +314,14 @@ int model_layer_find(const model *m, const char *name);
 /* Validates the graph (references, cycles), infers every node's output shapes (errors name the
  * layer and the shapes), orders the nodes, creates the weights with Keras shapes and names
  * "<layer>/<weight>:0", and allocates params (zeroed). Idempotent configuration-wise: calling it
- * again on a built model is an error. */
+ * again on a built model is an error.
+ * Details: an InputLayer without a node gets its single call added here (callers need not
+ * model_node_add() it); every InputLayer must be listed in m->inputs; the batch extent of every
+ * inferred shape is -1 (an InputLayer's input_shape keeps a fixed batch size if it had one).
+ * Recurrent weights are named "<layer>/<kind>_cell/<weight>:0" ("lstm/lstm_cell/kernel:0") as
+ * tf.keras does. A recurrent layer's node may have 1 + n_states inputs (initial states). A
+ * shared layer's later calls must need the same weight shapes as its first call. On failure
+ * nothing but the nodes' out shapes has been written and m->built stays false. */
 int model_build(model *m, err_info *e);
 
 /* Weight lookup within a layer by its short name ("kernel", "bias", "gamma", ...): index into
@@ -322,6 +345,9 @@ int model_kind_from_class_name(const char *class_name);
 /* Static spellings of the training enums: "sparse_categorical_crossentropy", "adam", ... */
 const char *model_loss_name(loss_kind k);
 const char *model_metric_name(metric_kind k);
-const char *model_optim_name(optim_kind k); /* Keras class name: "SGD", "Adam", ... */
+const char *model_optim_name(optim_kind k);     /* Keras class name: "SGD", "Adam", ... */
+const char *model_pad_name(pad_kind k);         /* "valid", "same", "causal" */
+const char *model_sched_name(sched_kind k);     /* "constant", "ExponentialDecay", ... */
+const char *model_init_class_name(init_kind k); /* Keras class name: "Zeros", "VarianceScaling" */
 
 #endif
