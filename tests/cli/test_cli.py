@@ -1,0 +1,311 @@
+#!/usr/bin/python3
+"""End-to-end tests of the `cornu` command (usage: test_cli.py CORNU CASE).
+
+Each case runs the real binary on real files (Fashion-MNIST from Debian's package, or small
+arrays written here with NumPy) and checks what a user sees: exit status, messages, the files
+written. Comparisons of weights read the .h5 files with h5py, an implementation we did not write.
+"""
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import h5py
+    import numpy as np
+except ImportError as exc:  # pragma: no cover
+    print(f"SKIP: needs python3-numpy and python3-h5py ({exc})")
+    sys.exit(77)
+
+CORNU = os.path.abspath(sys.argv[1])
+CASE = sys.argv[2]
+TMP = tempfile.mkdtemp(prefix=f"cornu-cli-{CASE}-")
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.join(HERE, "..", "..", "launch", "models")
+FAILED = []
+
+
+def run(*args, env=None, timeout=900, mpi=0):
+    cmd = [CORNU] + [str(a) for a in args]
+    if mpi:
+        cmd = [os.environ.get("MPIEXEC", "mpirun"), "-np", str(mpi), "--oversubscribe"] + cmd
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    t0 = time.time()
+    p = subprocess.run(cmd, cwd=TMP, capture_output=True, text=True, env=full_env, timeout=timeout)
+    p.seconds = time.time() - t0
+    return p
+
+
+def check(cond, what, p=None):
+    if cond:
+        print(f"ok: {what}")
+        return
+    FAILED.append(what)
+    print(f"FAILED: {what}")
+    if p is not None:
+        print(f"  exit {p.returncode}\n  stdout: {p.stdout[-2000:]}\n  stderr: {p.stderr[-2000:]}")
+
+
+def path(name):
+    return os.path.join(TMP, name)
+
+
+def weights(h5file):
+    """All datasets under model_weights (or the root of a weights-only file), by path."""
+    out = {}
+    with h5py.File(h5file, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        root.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def small_data(n=300, classes=10, seed=0, bad_label=None):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 28, 28), dtype=np.float32)
+    y = rng.integers(0, classes, size=n).astype(np.int64)
+    if bad_label is not None:
+        y[7] = bad_label
+    np.save(path("x.npy"), x)
+    np.save(path("y.npy"), y)
+    return f"{path('x.npy')},{path('y.npy')}"
+
+
+def case_usage():
+    p = run("--help")
+    check(p.returncode == 0 and "train" in p.stdout and "convert" in p.stdout, "cornu --help", p)
+    for c in ["train", "evaluate", "predict", "summary", "convert"]:
+        p = run(c, "--help")
+        check(p.returncode == 0 and "usage: cornu " + c in p.stdout, f"cornu {c} --help", p)
+    p = run("frobnicate")
+    check(p.returncode == 2 and "unknown command" in p.stderr, "unknown command exits 2", p)
+    p = run("train", "--epochz", "3")
+    check(p.returncode == 2 and "--epochz" in p.stderr, "unknown option exits 2 naming it", p)
+    p = run("train", "--epochs", "three")
+    check(p.returncode == 2 and "--epochs" in p.stderr and "three" in p.stderr, "bad number exits 2", p)
+    p = run("train", "--epochs")
+    check(p.returncode == 2 and "needs a value" in p.stderr, "missing value exits 2", p)
+    p = run("summary", "fashion-cnn")
+    check(p.returncode == 0 and "Total params: 225,034" in p.stdout and "conv2d (Conv2D)" in p.stdout,
+          "summary of the built-in CNN (Keras: 225,034 params)", p)
+
+
+def case_train_outputs():
+    cfg = path("flags.cfg")
+    with open(cfg, "w") as f:
+        f.write("# training flags\nepochs 3\nbatch-size = 64\n--steps-per-epoch 20\nseed 5\n")
+    p = run("train", "--config", cfg, "--epochs", "2", "--output", "m.h5", "--history", "h.csv",
+            "--validation-split", "0.1")
+    check(p.returncode == 0, "train from a config file", p)
+    lines = [l for l in p.stdout.splitlines() if "/20 [" in l]
+    check(len(lines) == 2, "command line overrides the config file (2 epochs, 20 steps)", p)
+    check(all("ms/step - loss: " in l and " - accuracy: " in l and "val_loss: " in l for l in lines),
+          "Keras-style progress line with val_ metrics", p)
+    check(p.stdout.count("Epoch ") == 2 and "Epoch 2/2" in p.stdout, "Epoch N/M headers", p)
+    with open(path("h.csv")) as f:
+        rows = list(csv.reader(f))
+    check(rows[0] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"] and len(rows) == 3
+          and rows[1][0] == "0" and rows[2][0] == "1", f"CSVLogger history {rows[:1]}")
+    check(os.path.exists(path("m.h5")) and not [n for n in os.listdir(TMP) if ".tmp" in n],
+          "model written, no temporary left behind")
+    p = run("evaluate", "m.h5", "--batch-size", "500")
+    check(p.returncode == 0 and p.stdout.startswith("loss: ") and "accuracy: " in p.stdout,
+          "evaluate prints loss and accuracy", p)
+    rng = np.random.default_rng(1)
+    np.save(path("in.npy"), rng.random((7, 28, 28), dtype=np.float32))
+    p = run("predict", "m.h5", "in.npy", "-o", "out.npy")
+    out = np.load(path("out.npy")) if p.returncode == 0 else None
+    check(out is not None and out.shape == (7, 10) and np.allclose(out.sum(1), 1, atol=1e-5),
+          "predict writes softmax rows [7, 10]", p)
+    p = run("train", "--quiet", "--epochs", "1", "--steps-per-epoch", "3")
+    check(p.returncode == 0 and p.stdout == "", "--quiet prints nothing", p)
+
+
+def case_bad_input():
+    spec = small_data(bad_label=12)
+    p = run("train", "--data", spec, "--epochs", "1", "--batch-size", "32")
+    check(p.returncode == 2 and "12" in p.stderr, "label out of range: exit 2, names the label", p)
+    p = run("train", "--data", path("missing.npy") + "," + path("y.npy"))
+    check(p.returncode == 2 and "missing.npy" in p.stderr, "missing data file: exit 2, names it", p)
+    bad = path("bad.json")
+    with open(bad, "w") as f:
+        f.write('{"class_name": "Sequential", "config": {"name": "s", "layers": ['
+                '{"class_name": "InputLayer", "config": {"batch_input_shape": [null, 4], "name": "in"}},'
+                '{"class_name": "Frobnicate", "config": {"name": "frob_1"}}]}}')
+    p = run("train", bad)
+    check(p.returncode == 2 and "Frobnicate" in p.stderr, "unknown layer class: exit 2, names it", p)
+    with open(bad, "w") as f:
+        f.write('{"class_name": "Sequential", "config": {"layers": [')
+    p = run("summary", bad)
+    check(p.returncode == 2 and "bad.json" in p.stderr, "truncated JSON: exit 2, names the file", p)
+    spec = small_data()
+    # A linear softmax model on inputs scaled to overflow: the logits become +-inf, the loss NaN.
+    lin = path("linear.json")
+    with open(lin, "w") as f:
+        f.write('{"class_name": "Sequential", "config": {"name": "lin", "layers": ['
+                '{"class_name": "InputLayer", "config": {"batch_input_shape": [null, 28, 28], "name": "in"}},'
+                '{"class_name": "Flatten", "config": {"name": "flat"}},'
+                '{"class_name": "Dense", "config": {"name": "out", "units": 10, "activation": "softmax"}}]}}')
+    p = run("train", lin, "--data", spec, "--scale", "3e38", "--epochs", "1", "--batch-size", "32")
+    check(p.returncode == 1 and "step" in p.stderr and ("nan" in p.stderr.lower() or "inf" in p.stderr.lower()),
+          "NaN loss stops with the step number, exit 1", p)
+    p = run("train", os.path.join(MODELS, "fashion_cnn.json"), "--data", path("y.npy") + "," + path("y.npy"),
+            "--epochs", "1")
+    check(p.returncode == 2 and "shape" in p.stderr, "input of the wrong shape: exit 2", p)
+    with open(path("trunc.h5"), "wb") as f:
+        f.write(open(path("x.npy"), "rb").read()[:100])
+    p = run("evaluate", "trunc.h5")
+    check(p.returncode == 2 and "trunc.h5" in p.stderr, "corrupt .h5: exit 2, names the file", p)
+
+
+def trained_weights(name, *extra, mpi=0):
+    p = run("train", *extra, "--output", name, mpi=mpi)
+    check(p.returncode == 0, f"train {' '.join(map(str, extra))} -> {name} (np={mpi or 1})", p)
+    return weights(path(name)) if p.returncode == 0 else {}
+
+
+def max_rel(a, b):
+    worst = 0.0
+    for k in a:
+        scale = max(float(np.max(np.abs(b[k]))), 1e-12)
+        worst = max(worst, float(np.max(np.abs(a[k] - b[k]))) / scale)
+    return worst
+
+
+def case_determinism():
+    args = ["--epochs", "1", "--steps-per-epoch", "30", "--batch-size", "64", "--seed", "3"]
+    a = trained_weights("a.h5", *args)
+    b = trained_weights("b.h5", *args)
+    check(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a),
+          "same seed, same bits")
+    c = trained_weights("c.h5", *args[:-1], "4")
+    check(any(not np.array_equal(a[k], c[k]) for k in a), "another seed, other weights")
+
+
+def case_resume():
+    # Dropout and Adam: both depend on the iteration counter that the .h5 carries.
+    model = path("drop.json")
+    with open(os.path.join(MODELS, "fashion_mlp.json")) as f:
+        text = f.read()
+    text = text.replace('{"class_name": "Dense", "config": {"name": "dense_1"',
+                        '{"class_name": "Dropout", "config": {"name": "dropout", "rate": 0.3}},\n'
+                        '  {"class_name": "Dense", "config": {"name": "dense_1"')
+    with open(model, "w") as f:
+        f.write(text)
+    common = ["--steps-per-epoch", "15", "--batch-size", "64", "--seed", "9"]
+    straight = trained_weights("straight.h5", model, "--epochs", "3", *common)
+    trained_weights("part.h5", model, "--epochs", "1", *common)
+    resumed = trained_weights("resumed.h5", "part.h5", "--initial-epoch", "1", "--epochs", "3", *common)
+    check(straight.keys() == resumed.keys() and all(np.array_equal(straight[k], resumed[k]) for k in straight),
+          "train 1 epoch, save, load in a new process, train 2 more == 3 straight (bit-identical)")
+
+
+def case_mpi_equivalence():
+    for model, bn in [("fashion-mlp", False), ("cnn_bn", True)]:
+        if bn:
+            model = path("cnn_bn.json")
+            with open(os.path.join(MODELS, "fashion_cnn.json")) as f:
+                text = f.read()
+            text = text.replace('{"class_name": "MaxPooling2D", "config": {"name": "max_pooling2d",',
+                                '{"class_name": "BatchNormalization", "config": {"name": "bn", "axis": -1, "momentum": 0.9}},\n'
+                                '  {"class_name": "MaxPooling2D", "config": {"name": "max_pooling2d",')
+            # The convolution feeding BatchNormalization has no bias, as usual: BN cancels a bias,
+            # whose gradient is then exactly zero in theory and pure rounding noise in practice.
+            text = text.replace('"use_bias": true', '"use_bias": false', 1)
+            with open(model, "w") as f:
+                f.write(text)
+        steps = "12" if bn else "25"
+        # SGD with momentum: the update is linear in the gradient, so the comparison measures the
+        # gradient itself. (Adam divides by sqrt(v): where a gradient is ~0 its sign, hence a
+        # full lr-sized step, is decided by rounding, which any change of summation order moves.)
+        args = [model, "--epochs", "1", "--steps-per-epoch", steps, "--batch-size", "100", "--seed", "2",
+                "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9"]
+        ref = trained_weights("np1.h5", *args)
+        for n in (2, 3, 4):
+            w = trained_weights(f"np{n}.h5", *args, mpi=n)
+            if w:
+                err = max_rel(w, ref)
+                check(err <= 1e-5, f"{os.path.basename(model)}: {n} ranks == 1 rank (max rel err {err:.2e} <= 1e-5)")
+
+
+def rank_pids(rank):
+    """PIDs of cornu processes whose Open MPI rank is `rank` (read from /proc/PID/environ)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(CORNU.encode()):
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and f"CORNU_TEST_TAG={TMP}".encode() in env:
+            pids.append(int(pid))
+    return pids
+
+
+def case_mpi_failure():
+    # A rank killed with SIGKILL in the middle of an epoch: every rank must stop within 30 s with
+    # a message naming the failed rank; never a hang.
+    spec = small_data(n=20000)
+    cmd = [os.environ.get("MPIEXEC", "mpirun"), "-np", "3", "--oversubscribe", "-x", "CORNU_TEST_TAG",
+           CORNU, "train", "--data", spec, "--epochs", "50", "--batch-size", "32"]
+    env = dict(os.environ, CORNU_TEST_TAG=TMP)
+    proc = subprocess.Popen(cmd, cwd=TMP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    victim = []
+    deadline = time.time() + 60
+    while not victim and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        victim = rank_pids(1)
+    time.sleep(2.0)  # well inside the first epoch
+    check(bool(victim), "found rank 1's process")
+    t0 = time.time()
+    for pid in victim:
+        os.kill(pid, 9)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    took = time.time() - t0
+    check(proc.returncode != 0, f"job exit status non-zero ({proc.returncode})")
+    check(took < 30, f"every rank stopped {took:.1f} s after the kill (< 30 s)")
+    text = out + err
+    check("rank 1" in text, "the message names rank 1")
+    print(text[-1500:])
+    left = rank_pids(0) + rank_pids(2)
+    check(not left, f"no rank left running ({left})")
+
+
+def accuracy(model, threshold):
+    env = {"OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1)}
+    p = run("train", model, "--epochs", "10", "--batch-size", "128", "--seed", "1", "--output", "acc.h5", env=env,
+            timeout=3500)
+    check(p.returncode == 0, f"train {model} 10 epochs", p)
+    p = run("evaluate", "acc.h5", "--batch-size", "1000", env=env)
+    acc = float(p.stdout.split("accuracy: ")[1].split()[0]) if p.returncode == 0 else 0.0
+    print(p.stdout)
+    check(acc >= threshold, f"{model}: test accuracy {acc:.4f} >= {threshold}", p)
+
+
+CASES = {
+    "usage": case_usage,
+    "train_outputs": case_train_outputs,
+    "bad_input": case_bad_input,
+    "determinism": case_determinism,
+    "resume": case_resume,
+    "mpi_equivalence": case_mpi_equivalence,
+    "mpi_failure": case_mpi_failure,
+    "accuracy_mlp": lambda: accuracy("fashion-mlp", 0.88),
+    "accuracy_cnn": lambda: accuracy("fashion-cnn", 0.91),
+}
+
+CASES[CASE]()
+print(f"{CASE}: {len(FAILED)} failed")
+sys.exit(1 if FAILED else 0)

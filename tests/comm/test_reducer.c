@@ -1,0 +1,216 @@
+/* The bucketed gradient reducer under real mpirun (1..4 ranks): sums against a plain
+ * MPI_Allreduce for awkward sizes (n not a multiple of the bucket, bucket larger than n, n = 1,
+ * one-element buckets), every way of reporting ready ranges (one call, arbitrary decreasing
+ * chunks that differ between ranks, increasing chunks, partial, none), several steps on one
+ * reducer, identical results on every rank, the bucket layout and the layout mismatch error. */
+
+#include "trainer/comm.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/rng.h"
+#include "test_util.h"
+
+enum { READY_ALL, READY_DOWN_RANDOM, READY_UP, READY_HALF, READY_NONE, READY_DOWN_ONE, READY_N };
+static const char *const READY_NAMES[READY_N] = {"all",  "down-random", "up",
+                                                 "half", "none",        "down-one-by-one"};
+
+/* Integer values keep float sums exact whatever the reduction order. */
+static float value_int(size_t i, int rank, int step)
+{
+    return (float)((long)((i * 7 + (size_t)rank * 13 + (size_t)step * 5) % 101) - 50);
+}
+
+static uint64_t fnv(const float *x, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)x;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n * sizeof *x; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Reports buf[0, n) ready in the given pattern; the random chunking is seeded by the rank so
+ * that ranks chunk differently (the start order must still agree). */
+static int report(comm_reducer *c, size_t n, int how, int rank, int step, err_info *e)
+{
+    int rc = ERR_OK;
+    rng g;
+    rng_seed(&g, 1234, (uint64_t)(rank * 100 + step));
+    switch (how) {
+    case READY_ALL:
+        rc = comm_reducer_ready(c, 0, n, e);
+        break;
+    case READY_DOWN_RANDOM:
+        for (size_t hi = n; hi > 0 && rc == ERR_OK;) {
+            size_t len = 1 + (size_t)rng_below(&g, n / 3 + 2);
+            size_t lo = hi > len ? hi - len : 0;
+            rc = comm_reducer_ready(c, lo, hi, e);
+            hi = lo;
+        }
+        break;
+    case READY_UP:
+        for (size_t lo = 0; lo < n && rc == ERR_OK;) {
+            size_t len = 1 + (size_t)rng_below(&g, n / 4 + 2);
+            size_t hi = lo + len < n ? lo + len : n;
+            rc = comm_reducer_ready(c, lo, hi, e);
+            lo = hi;
+        }
+        break;
+    case READY_HALF:
+        rc = comm_reducer_ready(c, n / 2, n, e);
+        if (rc == ERR_OK)
+            rc = comm_reducer_ready(c, n / 2, n / 2, e); /* empty range: progress only */
+        break;
+    case READY_NONE:
+        break;
+    case READY_DOWN_ONE:
+        for (size_t hi = n; hi > 0 && rc == ERR_OK; hi--)
+            rc = comm_reducer_ready(c, hi - 1, hi, e);
+        break;
+    }
+    return rc;
+}
+
+static void check_layout(const comm_reducer *c, size_t n, size_t bucket_bytes)
+{
+    size_t per = bucket_bytes / sizeof(float) > 0 ? bucket_bytes / sizeof(float) : 1;
+    size_t nb = comm_reducer_buckets(c);
+    EXPECT(nb == (n + per - 1) / per);
+    size_t expect_hi = n;
+    for (size_t i = 0; i < nb; i++) {
+        size_t lo = 0, hi = 0;
+        comm_reducer_bucket_range(c, i, &lo, &hi);
+        EXPECT_MSG(hi == expect_hi && lo < hi && hi - lo <= per, "bucket %zu [%zu,%zu)", i, lo, hi);
+        if (i + 1 < nb)
+            EXPECT(hi - lo == per);
+        expect_hi = lo;
+    }
+    EXPECT(expect_hi == 0);
+}
+
+static void run_case(rt *r, size_t n, size_t bucket_bytes, int how)
+{
+    int rank = rt_rank(r), size = rt_size(r);
+    err_info e = {ERR_OK, ""};
+    float *buf = malloc((n > 0 ? n : 1) * sizeof *buf);
+    float *ref = malloc((n > 0 ? n : 1) * sizeof *ref);
+    comm_reducer *c = NULL;
+    CHECK(buf != NULL && ref != NULL);
+    int rc = comm_reducer_create(r, buf, n, bucket_bytes, &c, &e);
+    EXPECT_MSG(rc == ERR_OK, "create n=%zu bucket=%zu: %s", n, bucket_bytes, e.msg);
+    if (rc != ERR_OK)
+        goto done;
+    check_layout(c, n, bucket_bytes);
+    double prev_exposed = 0, prev_total = 0;
+    for (int step = 0; step < 3; step++) {
+        /* Steps 0 and 1 use exact integers, step 2 random floats compared with a tolerance. */
+        rng g;
+        rng_seed(&g, 99, (uint64_t)rank);
+        for (size_t i = 0; i < n; i++)
+            buf[i] = step < 2 ? value_int(i, rank, step) : (float)(rng_normal(&g) * 3.0);
+        memcpy(ref, buf, n * sizeof *buf);
+        if (n > 0)
+            MPI_Allreduce(MPI_IN_PLACE, ref, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        rc = comm_reducer_begin(c, &e);
+        if (rc == ERR_OK)
+            rc = report(c, n, how, rank, step, &e);
+        if (rc == ERR_OK)
+            rc = comm_reducer_finish(c, &e);
+        EXPECT_MSG(rc == ERR_OK, "n=%zu bucket=%zu ready=%s step %d: %s", n, bucket_bytes,
+                   READY_NAMES[how], step, e.msg);
+        size_t bad = 0, first_bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            bool ok;
+            if (step < 2) {
+                float want = 0;
+                for (int q = 0; q < size; q++)
+                    want += value_int(i, q, step);
+                ok = buf[i] == want && ref[i] == want;
+            } else {
+                ok = test_close(buf[i], ref[i], 1e-5, 1e-5);
+            }
+            if (!ok && bad++ == 0)
+                first_bad = i;
+        }
+        EXPECT_MSG(bad == 0, "n=%zu bucket=%zu ready=%s step %d: %zu wrong, first [%zu] = %g vs %g",
+                   n, bucket_bytes, READY_NAMES[how], step, bad, first_bad,
+                   n ? (double)buf[first_bad] : 0.0, n ? (double)ref[first_bad] : 0.0);
+        /* Every rank applies the same update only if the sums are bitwise identical. */
+        unsigned long long h = fnv(buf, n), hmin = 0, hmax = 0;
+        MPI_Allreduce(&h, &hmin, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
+        MPI_Allreduce(&h, &hmax, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+        EXPECT_MSG(hmin == hmax, "n=%zu ready=%s step %d: results differ between ranks", n,
+                   READY_NAMES[how], step);
+        double exposed = -1, total = -1;
+        comm_reducer_stats(c, &exposed, &total);
+        EXPECT(exposed >= prev_exposed && total >= prev_total);
+        prev_exposed = exposed;
+        prev_total = total;
+    }
+done:
+    comm_reducer_destroy(c);
+    free(buf);
+    free(ref);
+}
+
+/* Every rank must describe the same buffer: rank 1 claiming one more gradient is ERR_SHAPE on
+ * every rank, naming rank 1's and rank 0's layouts. */
+static void mismatch(rt *r)
+{
+    if (rt_size(r) < 2)
+        return;
+    float buf[16] = {0};
+    size_t n = rt_rank(r) == 1 ? 11 : 10;
+    comm_reducer *c = NULL;
+    err_info e = {ERR_OK, ""};
+    int rc = comm_reducer_create(r, buf, n, 8, &c, &e);
+    EXPECT_MSG(rc == ERR_SHAPE, "rc %d: %s", rc, e.msg);
+    EXPECT_MSG(strstr(e.msg, "rank 1 has 11 gradients") && strstr(e.msg, "rank 0 has 10"), "%s",
+               e.msg);
+    EXPECT(c == NULL);
+}
+
+int main(int argc, char **argv)
+{
+    rt *r = NULL;
+    err_info e = {ERR_OK, ""};
+    rt_config cfg = rt_config_default();
+    cfg.comm_timeout_s = 60;
+    if (rt_init(&argc, &argv, &cfg, &r, &e) != ERR_OK) {
+        fprintf(stderr, "rt_init: %s\n", e.msg);
+        return 1;
+    }
+    static const struct {
+        size_t n, bucket_bytes;
+    } cases[] = {
+        {1, 4},
+        {1, 4096},
+        {2, 4},
+        {7, 8},
+        {10, 1},
+        {1000, 256},
+        {1000, 4000},
+        {1000, 3996},
+        {1000, 4004},
+        {4099, 1024},
+        {33, 4 * 33 - 1},
+        {100000, 65536},
+        {250000, 1 << 20},
+        {0, 64},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (int how = 0; how < READY_N; how++) {
+            if (how == READY_DOWN_ONE && cases[k].n > 5000)
+                continue; /* one call per element: keep the test fast */
+            run_case(r, cases[k].n, cases[k].bucket_bytes, how);
+        }
+    mismatch(r);
+    int failed = test_finish();
+    int any = 0;
+    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    rt_finalize(r);
+    return any;
+}

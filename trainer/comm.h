@@ -1,0 +1,73 @@
+#ifndef CORNU_TRAINER_COMM_H
+#define CORNU_TRAINER_COMM_H
+
+/* Communication between ranks: error agreement, small sums (metrics, BatchNormalization
+ * statistics) and the bucketed, overlapped gradient allreduce. Everything runs on rt_comm(r)
+ * with non-blocking MPI calls that are polled by rt_wait(), so that no rank can hang: a
+ * collective that does not finish within rt_comm_timeout(r) returns ERR_PEER, and the runtime is
+ * then failed (rt_finalize() aborts the job with the message). All functions marked collective
+ * must be called by every rank of rt_comm(r), in the same order. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/err.h"
+#include "trainer/rt.h"
+
+/* Collective. Agrees on an error: returns ERR_OK on every rank iff rc == ERR_OK on every rank.
+ * Otherwise every rank returns the same code and e holds the same message on every rank: that
+ * of the lowest failing rank, preferring a real error over ERR_PEER (which only says "another
+ * rank failed"), as "rank R [its status]: <its message>" (without the prefix when there is one
+ * rank), followed by " (also failed: ranks a, b)" when several ranks failed. On ERR_OK e is
+ * untouched. If the runtime has already failed, returns its stored error without communicating.
+ * Out-of-range rc values count as ERR_INTERNAL. */
+int comm_agree(rt *r, int rc, err_info *e);
+
+/* Collective. Sums buf[0..n) over all ranks in place (n may be 0; same n on every rank).
+ * Blocking for the caller, but polled with the comm timeout. */
+int comm_allreduce_sum_d(rt *r, double *buf, int64_t n, err_info *e);
+
+typedef struct comm_reducer comm_reducer;
+
+/* Collective. Prepares the gradient reduction of buf[0..n) (borrowed; it must outlive the
+ * reducer): after every step buf holds the SUM over ranks. The buffer is cut into buckets of
+ * bucket_bytes / sizeof(float) elements (at least 1, at most INT_MAX) counted from the END,
+ * because backward produces the last layers' gradients first: bucket 0 is
+ * [n - b, n), bucket 1 is [n - 2b, n - b), ..., and the last bucket, at the start of the buffer,
+ * may be shorter. Every rank must pass the same n and bucket_bytes; a mismatch is ERR_SHAPE
+ * naming both ranks' values. On success *out owns the reducer. */
+int comm_reducer_create(rt *r, float *buf, size_t n, size_t bucket_bytes, comm_reducer **out,
+                        err_info *e);
+void comm_reducer_destroy(comm_reducer *c);
+
+/* Number of buckets and the element range [*lo, *hi) of bucket i. */
+size_t comm_reducer_buckets(const comm_reducer *c);
+void comm_reducer_bucket_range(const comm_reducer *c, size_t i, size_t *lo, size_t *hi);
+
+/* Not collective. Starts a step: no element is final yet. The previous step must be finished.
+ * Between begin and finish no other collective may run on rt_comm(r) (bucket starts must be
+ * in the same order relative to every other collective on every rank), and finish must be
+ * called even if backward failed locally: it starts the remaining buckets so that every rank
+ * joins the same reductions; only then agree on the error with comm_agree(). */
+int comm_reducer_begin(comm_reducer *c, err_info *e);
+
+/* Collective in effect (it starts MPI_Iallreduce calls): buf[lo, hi) is final for this step
+ * (each element reported at most once per step, in any order and chunking). Starts, in bucket
+ * order, every bucket that is now fully final and all buckets before it are started — so the
+ * start order is the same on every rank whatever the chunking — and progresses the outstanding
+ * reductions (MPI_Testall) so that communication overlaps the rest of backward without a
+ * progress thread. The caller must not touch a started bucket until finish. */
+int comm_reducer_ready(comm_reducer *c, size_t lo, size_t hi, err_info *e);
+
+/* Collective. Starts any bucket not started yet (elements never reported count as final), then
+ * waits for all of them, polling with the comm timeout measured from this call. A bucket that
+ * does not finish in time is ERR_PEER naming the bucket, its range and the timeout; the
+ * runtime is then failed. */
+int comm_reducer_finish(comm_reducer *c, err_info *e);
+
+/* Cumulative over all finished steps: *exposed_s is the time spent blocked in finish (the
+ * communication the step could not hide), *total_s the time from each step's first bucket start
+ * to the moment all its buckets were seen complete. Either pointer may be NULL. */
+void comm_reducer_stats(const comm_reducer *c, double *exposed_s, double *total_s);
+
+#endif
