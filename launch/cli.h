@@ -65,6 +65,10 @@ typedef struct cli_data_opts {
 int cli_dataset_open(const char *spec, const cli_data_opts *o, cli_dataset *out, err_info *e);
 void cli_dataset_close(cli_dataset *d);
 
+/* A file the user named must exist and be readable: ERR_USAGE (exit status 2) naming it and
+ * `what` ("model", "data", ...). Missing inputs are bad input, not a runtime failure. */
+int cli_input_check(const char *path, const char *what, err_info *e);
+
 /* Loads a model: Keras model_config JSON (.json) or a Keras .h5 file (full model; a weights-only
  * file needs config_json). */
 int cli_model_load(const char *path, const char *config_json, model **out, err_info *e);

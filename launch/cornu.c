@@ -355,7 +355,12 @@ static int cmd_train(dist *dd, const cli_args *a, err_info *e)
     cli_progress prog;
     memset(&prog, 0, sizeof prog);
     prog.out = stdout;
-    prog.tty = isatty(STDOUT_FILENO) != 0;
+    /* Under mpirun every rank's stdout is a pseudo-terminal even when the user's is a file, so
+     * the live bar is only drawn for a plain process (set CORNU_LIVE_PROGRESS=1 to force it). */
+    const char *live = getenv("CORNU_LIVE_PROGRESS");
+    prog.tty = live != NULL ? strcmp(live, "1") == 0
+                            : (isatty(STDOUT_FILENO) != 0 && dist_size(dd) == 1 &&
+                               getenv("OMPI_COMM_WORLD_SIZE") == NULL);
     prog.quiet = cli_has(a, "quiet") || !g_is_root;
     prog.history = hist;
     prog.epochs = epochs;

@@ -33,7 +33,9 @@ static int add_source(cli_dataset *d, const char *path, const char *h5_dataset, 
     if (d->n_src >= 16)
         return err_set(e, ERR_USAGE, "too many data arrays (at most 16)");
     data_source *s = NULL;
-    int rc;
+    int rc = cli_input_check(path, "data", e);
+    if (rc != ERR_OK)
+        return rc;
     if (h5_dataset != NULL)
         rc = data_source_open_h5(path, h5_dataset, &s, e);
     else if (ends_with(path, ".npy"))
@@ -66,6 +68,9 @@ int cli_dataset_open(const char *spec, const cli_data_opts *o, cli_dataset *out,
         strcmp(spec, "fashion-mnist:train") == 0) {
         char tx[4096], ty[4096], vx[4096], vy[4096];
         rc = data_fashion_mnist_paths(FASHION_DIR, tx, ty, vx, vy, e);
+        if (rc == ERR_IO)
+            e->code = ERR_USAGE; /* a missing package is bad setup, exit status 2 */
+        rc = e->code == ERR_USAGE && rc != ERR_OK ? ERR_USAGE : rc;
         bool test = o->test_split || strcmp(spec, "fashion-mnist:test") == 0;
         if (rc == ERR_OK)
             rc = add_source(out, test ? vx : tx, NULL, e);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "formats/keras_h5.h"
 #include "formats/keras_json.h"
@@ -65,6 +66,13 @@ static int parse_json_file(const char *path, model **out, err_info *e)
     return rc;
 }
 
+int cli_input_check(const char *path, const char *what, err_info *e)
+{
+    if (access(path, R_OK) != 0)
+        return err_set(e, ERR_USAGE, "%s: cannot read %s file: %s", path, what, strerror(errno));
+    return ERR_OK;
+}
+
 int cli_model_load(const char *path, const char *config_json, model **out, err_info *e)
 {
     for (const builtin_model *b = BUILTIN_MODELS; b->name != NULL; b++)
@@ -73,10 +81,15 @@ int cli_model_load(const char *path, const char *config_json, model **out, err_i
             snprintf(src, sizeof src, "built-in model %s", b->name);
             return kjson_model_parse(b->json, strlen(b->json), src, out, e);
         }
+    int rc = cli_input_check(path, "model", e);
+    if (rc != ERR_OK)
+        return rc;
+    if (config_json != NULL && (rc = cli_input_check(config_json, "model config", e)) != ERR_OK)
+        return rc;
     if (ends_with(path, ".json"))
         return parse_json_file(path, out, e);
     kh5_kind kind;
-    int rc = kh5_probe(path, &kind, e);
+    rc = kh5_probe(path, &kind, e);
     if (rc != ERR_OK)
         return rc;
     switch (kind) {

@@ -449,40 +449,62 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
             int64_t grows = 0, lrows = 0;
             bool done = false;
             rc = data_loader_next(tl, xdst, s->y, &grows, &lrows, &done, e);
-            if (rc != ERR_OK || done)
+            if (rc != ERR_OK && !s->has_comm)
                 break;
+            if (rc == ERR_OK && done)
+                break;
+            /* Under MPI a rank whose data read failed still runs forward and backward on zero
+             * rows, so that it makes the same collective calls (BatchNormalization statistics,
+             * gradient buckets) as the others, and the ranks then agree on the error. */
+            int local_rc = rc;
+            if (local_rc != ERR_OK)
+                lrows = 0;
+            err_info e2 = {ERR_OK, ""};
+            err_info *ep = local_rc == ERR_OK ? e : &e2;
             double td = now_s();
             tm.data_s += td - ts;
             status(s, epoch + 1, step + 1, "forward");
             /* The dropout stream is keyed by the optimizer's iteration count, so a resumed run
              * draws the same masks as an uninterrupted one. */
             int64_t it = m->opt.iterations;
-            /* A rank whose share of a short last batch is empty still runs forward/backward on
-             * zero rows (zero gradients) so that every rank joins the same collectives. */
             /* Dropout masks are keyed by the global row: this rank's slice starts at
              * r * q + min(r, g % size) (the loader's slicing rule, trainer/data.h). */
             int r = s->has_comm ? s->comm.rank : 0, size = s->has_comm ? s->comm.size : 1;
             int64_t q = grows / size, rem = grows % size;
             layer_net_set_row_offset(s->net, r * q + (r < rem ? r : rem));
-            rc = layer_net_forward(s->net, lrows, true, s->cfg.seed, it, e);
-            if (rc == ERR_OK)
-                rc = batch_losses(s, m, s->net, lrows, grows, true, acc, e);
+            /* A rank whose share of a short last batch is empty still runs forward/backward on
+             * zero rows (zero gradients) so that every rank joins the same collectives. */
+            int frc = layer_net_forward(s->net, lrows, true, s->cfg.seed, it, ep);
+            if (frc == ERR_OK && local_rc == ERR_OK)
+                frc = batch_losses(s, m, s->net, lrows, grows, true, acc, ep);
+            if (local_rc == ERR_OK)
+                local_rc = frc;
+            status(s, epoch + 1, step + 1, "backward");
+            if (s->has_comm && s->comm.grad_begin != NULL) {
+                int brc = s->comm.grad_begin(s->comm.ctx, &e2);
+                if (brc != ERR_OK) {
+                    rc = agree(s, brc, &e2);
+                    *e = e2;
+                    break;
+                }
+            }
+            /* Backward runs even after a local failure (with whatever gradients it has) so the
+             * buckets are started on every rank; the update below is skipped by all. */
+            int brc = layer_net_backward(s->net, lrows,
+                                         s->has_comm && s->comm.grad_ready ? grad_ready_hook : NULL,
+                                         &s->comm, local_rc == ERR_OK ? e : &e2);
+            if (local_rc == ERR_OK)
+                local_rc = brc;
+            double tb = now_s();
+            if (s->has_comm && s->comm.grad_finish != NULL) {
+                status(s, epoch + 1, step + 1, "gradient allreduce");
+                int crc = s->comm.grad_finish(s->comm.ctx, local_rc == ERR_OK ? e : &e2);
+                if (local_rc == ERR_OK)
+                    local_rc = crc;
+            }
+            rc = local_rc;
             if (s->has_comm)
                 rc = agree(s, rc, e);
-            if (rc != ERR_OK)
-                break;
-            status(s, epoch + 1, step + 1, "backward");
-            if (s->has_comm && s->comm.grad_begin != NULL &&
-                (rc = s->comm.grad_begin(s->comm.ctx, e)) != ERR_OK)
-                break;
-            rc = layer_net_backward(s->net, lrows,
-                                    s->has_comm && s->comm.grad_ready ? grad_ready_hook : NULL,
-                                    &s->comm, e);
-            double tb = now_s();
-            if (rc == ERR_OK && s->has_comm && s->comm.grad_finish != NULL) {
-                status(s, epoch + 1, step + 1, "gradient allreduce");
-                rc = s->comm.grad_finish(s->comm.ctx, e);
-            }
             double tc = now_s();
             tm.comm_s += tc - tb;
             if (rc != ERR_OK)
