@@ -562,7 +562,7 @@ static int plan_lifetimes(layer_net *n, const bool *need_grad, size_t *val_off, 
             int t = d->out[i];
             if (n->tensors[t].group != t)
                 continue;
-            size_t bytes;
+            size_t bytes = 0;
             if ((rc = group_bytes(n, &n->tensors[t], &bytes, e)) != ERR_OK)
                 goto done;
             val_off[t] = slab_take(&s, bytes);
@@ -588,7 +588,7 @@ static int plan_lifetimes(layer_net *n, const bool *need_grad, size_t *val_off, 
         perm[n->tensors[n->zero_t[i]].group] = true;
     for (int g = 0; g < nt; g++) {
         if (perm[g] && need_grad[g]) {
-            size_t bytes;
+            size_t bytes = 0;
             if ((rc = group_bytes(n, &n->tensors[g], &bytes, e)) != ERR_OK)
                 goto done;
             grad_off[g] = slab_take(&s, bytes);
@@ -603,7 +603,7 @@ static int plan_lifetimes(layer_net *n, const bool *need_grad, size_t *val_off, 
             int g = n->tensors[d->in[i].t].group;
             if (!d->in[i].dx || started[g])
                 continue;
-            size_t bytes;
+            size_t bytes = 0;
             if ((rc = group_bytes(n, &n->tensors[g], &bytes, e)) != ERR_OK)
                 goto done;
             grad_off[g] = slab_take(&s, bytes);

@@ -596,7 +596,7 @@ static int infer_conv(infer_ctx *c, int nsp)
     }
     const model_shape *s = c->in[0];
     int ch = g->channels_first ? 1 : nsp + 1, sp0 = g->channels_first ? 2 : 1;
-    int64_t cin;
+    int64_t cin = 0;
     if ((rc = need_known(c, ch, "channels", &cin)))
         return rc;
     model_shape o = *s;
@@ -683,7 +683,7 @@ static int infer_dense(infer_ctx *c)
         return ierr(c, ERR_SHAPE, "input shape %s has rank %d, expected at least 2",
                     shape_str(s, b, sizeof b), s->rank);
     }
-    int64_t fin;
+    int64_t fin = 0;
     if ((rc = need_known(c, s->rank - 1, "last (feature)", &fin)))
         return rc;
     model_shape o = *s;
@@ -706,7 +706,7 @@ static int infer_identity(infer_ctx *c)
 
 static int infer_softmax(infer_ctx *c)
 {
-    int rc, a;
+    int rc, a = 0;
     if ((rc = need_inputs(c, 1, 1)) || (rc = norm_axis(c, c->L->cfg.axis, c->in[0]->rank, &a)))
         return rc;
     c->out[c->n_out++] = *c->in[0];
@@ -716,10 +716,10 @@ static int infer_softmax(infer_ctx *c)
 static int infer_batchnorm(infer_ctx *c)
 {
     const layer_config *g = &c->L->cfg;
-    int rc, a;
+    int rc, a = 0;
     if ((rc = need_inputs(c, 1, 1)) || (rc = norm_axis(c, g->axis, c->in[0]->rank, &a)))
         return rc;
-    int64_t ch;
+    int64_t ch = 0;
     if ((rc = need_known(c, a, "normalised", &ch)))
         return rc;
     if (!(g->epsilon > 0))
@@ -881,7 +881,7 @@ static int infer_merge(infer_ctx *c)
 
 static int infer_concat(infer_ctx *c)
 {
-    int rc, a;
+    int rc, a = 0;
     if ((rc = need_inputs(c, 1, 64)) || (rc = norm_axis(c, c->L->cfg.axis, c->in[0]->rank, &a)))
         return rc;
     model_shape o = *c->in[0];
@@ -950,7 +950,7 @@ static int infer_rnn(infer_ctx *c)
         !(g->recurrent_dropout >= 0.0 && g->recurrent_dropout < 1.0))
         return ierr(c, ERR_CONFIG, "dropout %g / recurrent_dropout %g outside [0, 1)", g->dropout,
                     g->recurrent_dropout);
-    int64_t fin;
+    int64_t fin = 0;
     if ((rc = need_known(c, 2, "feature", &fin)))
         return rc;
     int64_t u = g->units;

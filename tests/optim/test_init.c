@@ -40,9 +40,9 @@ static int hand_weight(hand *h, int layer, const char *name, int rank, const int
     CHECK(h->m.n_weights < MAX_W);
     int w = h->m.n_weights++;
     model_weight *wt = &h->weights[w];
-    char full[2 * MODEL_NAME_MAX + 8];
-    snprintf(full, sizeof full, "%s/%s:0", h->layers[layer].name, name);
-    strncpy(wt->name, full, sizeof wt->name - 1);
+    /* Test names are short; truncation would only shorten the label. */
+    int len = snprintf(wt->name, sizeof wt->name, "%.100s/%.100s:0", h->layers[layer].name, name);
+    CHECK(len > 0 && (size_t)len < sizeof wt->name);
     wt->layer = layer;
     wt->trainable = true;
     wt->rank = rank;
