@@ -41,8 +41,10 @@ static int hand_weight(hand *h, int layer, const char *name, int rank, const int
     int w = h->m.n_weights++;
     model_weight *wt = &h->weights[w];
     /* Test names are short; truncation would only shorten the label. */
-    int len = snprintf(wt->name, sizeof wt->name, "%.100s/%.100s:0", h->layers[layer].name, name);
+    char full[256];
+    int len = snprintf(full, sizeof full, "%.100s/%.100s:0", h->layers[layer].name, name);
     CHECK(len > 0 && (size_t)len < sizeof wt->name);
+    memcpy(wt->name, full, (size_t)len + 1);
     wt->layer = layer;
     wt->trainable = true;
     wt->rank = rank;
