@@ -26,6 +26,11 @@ struct fit_session {
     metric_kind metric[8][MODEL_MAX_METRICS]; /* resolved per output */
     double *acc;                 /* running sums: loss, rows, then metric (sum,count) pairs */
     int n_acc;
+    int n_reg;                   /* weights with an L1/L2 penalty */
+    struct fit_reg {
+        size_t offset, count;
+        double l1, l2;
+    } *reg;
 };
 
 static double now_s(void)
@@ -156,7 +161,8 @@ static void logs_add(fit_logs *l, const char *prefix, const char *name, double v
 {
     if (l->n >= FIT_MAX_LOGS)
         return;
-    snprintf(l->names[l->n], sizeof l->names[0], "%s%s", prefix, name);
+    /* Prefixes are at most "val_" + a layer name + "_"; names are short metric names. */
+    snprintf(l->names[l->n], sizeof l->names[0], "%.*s%.48s", MODEL_NAME_MAX + 8, prefix, name);
     l->values[l->n++] = v;
 }
 
@@ -247,6 +253,66 @@ static int setup_outputs(fit_session *s, model *m, int64_t rows_max, err_info *e
     return ERR_OK;
 }
 
+/* The penalty a layer's config puts on its i-th weight (Keras: kernel_regularizer on the kernel,
+ * bias_regularizer on the bias, recurrent_regularizer, embeddings_regularizer), by position in
+ * the layer's Keras weight order so that any weight naming works. */
+static const model_reg *weight_reg(const model_layer *L, int i)
+{
+    const layer_config *c = &L->cfg;
+    if (L->kind == LAYER_DENSE || L->kind == LAYER_CONV1D || L->kind == LAYER_CONV2D)
+        return i == 0 ? &c->kernel_reg : &c->bias_reg;
+    if (L->kind == LAYER_SIMPLERNN || L->kind == LAYER_LSTM || L->kind == LAYER_GRU)
+        return i == 0 ? &c->kernel_reg : i == 1 ? &c->recurrent_reg : &c->bias_reg;
+    if (L->kind == LAYER_EMBEDDING)
+        return &c->embeddings_reg;
+    return NULL;
+}
+
+static int setup_regularizers(fit_session *s, const model *m, err_info *e)
+{
+    for (int li = 0; li < m->n_layers; li++) {
+        const model_layer *L = &m->layers[li];
+        if (L->cfg.activity_reg.l1 != 0 || L->cfg.activity_reg.l2 != 0)
+            return err_set(e, ERR_UNSUPPORTED,
+                           "layer \"%s\": activity_regularizer is not supported in training",
+                           L->name);
+        for (int k = 0; k < L->n_weights; k++) {
+            const model_weight *w = &m->weights[L->weight0 + k];
+            const model_reg *r = weight_reg(L, k);
+            if (r == NULL || !w->trainable || (r->l1 == 0 && r->l2 == 0))
+                continue;
+            struct fit_reg *nr = realloc(s->reg, sizeof *nr * (size_t)(s->n_reg + 1));
+            if (nr == NULL)
+                return err_set(e, ERR_NOMEM, "regularizer table");
+            s->reg = nr;
+            s->reg[s->n_reg++] = (struct fit_reg){w->offset, w->count, r->l1, r->l2};
+        }
+    }
+    return ERR_OK;
+}
+
+/* Adds the L1/L2 penalties' gradients to grads (the global mean gradient) and returns the
+ * penalty, which Keras adds to the loss of every batch. */
+static double apply_regularizers(const fit_session *s, const float *params, float *grads)
+{
+    double penalty = 0;
+    for (int i = 0; i < s->n_reg; i++) {
+        const struct fit_reg *r = &s->reg[i];
+        const float *p = params + r->offset;
+        float *g = grads + r->offset;
+        float l1 = (float)r->l1, l2x2 = (float)(2 * r->l2);
+        double a1 = 0, a2 = 0;
+        for (size_t k = 0; k < r->count; k++) {
+            float v = p[k];
+            a1 += fabsf(v);
+            a2 += (double)v * v;
+            g[k] += l2x2 * v + (v > 0 ? l1 : v < 0 ? -l1 : 0.0f);
+        }
+        penalty += r->l1 * a1 + r->l2 * a2;
+    }
+    return penalty;
+}
+
 static int net_reduce_hook(void *ctx, double *buf, int64_t n, err_info *e)
 {
     const fit_comm *c = ctx;
@@ -281,6 +347,8 @@ int fit_session_create(model *m, const fit_config *c, const fit_comm *comm, fit_
         rc = optim_create(m, &s->opt, e);
     if (rc == ERR_OK)
         rc = setup_outputs(s, m, s->local_max, e);
+    if (rc == ERR_OK)
+        rc = setup_regularizers(s, m, e);
     if (rc != ERR_OK) {
         fit_session_destroy(s);
         return rc;
@@ -298,6 +366,7 @@ void fit_session_destroy(fit_session *s)
     for (int o = 0; o < 8; o++)
         free(s->y[o]);
     free(s->acc);
+    free(s->reg);
     free(s);
 }
 
@@ -509,6 +578,12 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
             tm.comm_s += tc - tb;
             if (rc != ERR_OK)
                 break;
+            if (s->n_reg > 0) {
+                /* Every rank adds the same penalty to the already-summed gradient; the loss
+                 * sums count it once per row of the global batch (a per-batch term, as Keras). */
+                double pen = apply_regularizers(s, m->params, layer_net_grads(s->net));
+                acc[0] += pen * (double)lrows;
+            }
             /* Global running sums for the progress line and the NaN check. */
             memcpy(gacc, acc, sizeof(double) * (size_t)s->n_acc);
             if ((rc = sum_over_ranks(s, gacc, s->n_acc, e)) != ERR_OK)

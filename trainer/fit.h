@@ -40,7 +40,7 @@ typedef struct fit_comm {
 /* Named scalar logs as Keras prints them: "loss", "accuracy", "val_loss", ... */
 typedef struct fit_logs {
     int n;
-    char names[FIT_MAX_LOGS][48];
+    char names[FIT_MAX_LOGS][MODEL_NAME_MAX + 64];
     double values[FIT_MAX_LOGS];
 } fit_logs;
 

@@ -161,6 +161,39 @@ def case_bad_input():
     check(p.returncode == 2 and "trunc.h5" in p.stderr, "corrupt .h5: exit 2, names the file", p)
 
 
+def case_regularizer():
+    # One full-batch SGD step of a linear softmax model with L1 and L2 penalties on the kernel,
+    # against the same step computed here with NumPy from the saved initial weights.
+    rng = np.random.default_rng(4)
+    x = rng.random((64, 6), dtype=np.float32)
+    y = rng.integers(0, 3, size=64)
+    np.save(path("x.npy"), x)
+    np.save(path("y.npy"), y)
+    model = path("reg.json")
+    with open(model, "w") as f:
+        f.write('{"class_name": "Sequential", "config": {"name": "r", "layers": ['
+                '{"class_name": "InputLayer", "config": {"batch_input_shape": [null, 6], "name": "in"}},'
+                '{"class_name": "Dense", "config": {"name": "d", "units": 3, "activation": "softmax",'
+                ' "kernel_regularizer": {"class_name": "L1L2", "config": {"l1": 0.01, "l2": 0.5}}}}]}}')
+    common = ["--data", f"{path('x.npy')},{path('y.npy')}", "--batch-size", "64", "--no-shuffle",
+              "--optimizer", "sgd", "--lr", "0.1", "--seed", "1"]
+    w0 = trained_weights("w0.h5", model, "--epochs", "0", *common)
+    w1 = trained_weights("w1.h5", model, "--epochs", "1", *common)
+    k0 = [v for k, v in w0.items() if "kernel" in k][0].astype(np.float64)
+    b0 = [v for k, v in w0.items() if "bias" in k][0].astype(np.float64)
+    z = x @ k0 + b0
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    d = p.copy()
+    d[np.arange(64), y] -= 1
+    d /= 64
+    gk = x.T @ d + 2 * 0.5 * k0 + 0.01 * np.sign(k0)
+    want = k0 - 0.1 * gk
+    got = [v for k, v in w1.items() if "kernel" in k][0]
+    err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+    check(err < 1e-5, f"L1L2 kernel_regularizer: one SGD step matches NumPy (rel err {err:.1e})")
+
+
 def trained_weights(name, *extra, mpi=0):
     p = run("train", *extra, "--output", name, mpi=mpi)
     check(p.returncode == 0, f"train {' '.join(map(str, extra))} -> {name} (np={mpi or 1})", p)
@@ -302,6 +335,7 @@ CASES = {
     "train_outputs": case_train_outputs,
     "bad_input": case_bad_input,
     "determinism": case_determinism,
+    "regularizer": case_regularizer,
     "resume": case_resume,
     "mpi_equivalence": case_mpi_equivalence,
     "mpi_failure": case_mpi_failure,
