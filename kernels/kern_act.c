@@ -104,7 +104,7 @@ static inline float act_scalar(act_kind k, float x)
     case ACT_SOFTMAX: /* handled row-wise by the callers */
         return x;
     case ACT_RELU:
-        return x > 0.0f ? x : 0.0f;
+        return x <= 0.0f ? 0.0f : x; /* NaN propagates, as in Keras */
     case ACT_SIGMOID:
         return sigmoid_f(x);
     case ACT_TANH:
@@ -232,7 +232,7 @@ void kern_act_forward(act_kind k, int64_t rows, int64_t cols, const float *x, fl
             softmax_row(cols, x + r * cols, y + r * cols);
     } else if (k == ACT_RELU) {
         for (int64_t i = 0; i < n; i++)
-            y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+            y[i] = x[i] <= 0.0f ? 0.0f : x[i]; /* keeps NaN */
     } else {
         for (int64_t i = 0; i < n; i++)
             y[i] = act_scalar(k, x[i]);
@@ -316,7 +316,7 @@ void kern_relu_ex_forward(const kern_relu_params *p, int64_t n, const float *x, 
         if (p->threshold != 0.0f)
             a = v > p->threshold ? v : 0.0f;
         else
-            a = v > 0.0f ? v : 0.0f;
+            a = v <= 0.0f ? 0.0f : v;
         if (clip)
             a = clampf(a, 0.0f, p->max_value);
         if (p->negative_slope != 0.0f) {

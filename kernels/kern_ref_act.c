@@ -18,7 +18,7 @@ static double ref_act(act_kind k, double x)
     case ACT_SOFTMAX:
         return x;
     case ACT_RELU:
-        return x > 0 ? x : 0;
+        return x <= 0 ? 0 : x;
     case ACT_SIGMOID:
         return ref_sigmoid(x);
     case ACT_TANH:

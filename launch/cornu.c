@@ -335,6 +335,8 @@ static int cmd_train(dist *dd, const cli_args *a, err_info *e)
     fc.validation_split = vsplit;
     fc.val = cli_str(a, "val-data") != NULL ? &val.d : NULL;
     fc.steps_limit = steps_limit;
+    if ((rc = fit_data_specialize(m, &train.d, e)) != ERR_OK)
+        goto done;
     if ((rc = dist_check_model(dd, m, e)) != ERR_OK)
         goto done;
     if ((rc = fit_session_create(m, &fc, dist_comm(dd), &s, e)) != ERR_OK)

@@ -107,6 +107,27 @@ static int shape_matches(int rank, const int64_t *row, const model_shape *s, int
     return 1;
 }
 
+int fit_data_specialize(model *m, const fit_data *d, err_info *e)
+{
+    bool free_extent = false;
+    for (int i = 0; i < m->n_inputs; i++) {
+        const model_shape *s = input_shape(m, i);
+        for (int k = 1; k < s->rank; k++)
+            free_extent = free_extent || s->dims[k] < 0;
+    }
+    if (!free_extent || d->n_x != m->n_inputs)
+        return ERR_OK;
+    model_shape rows[8];
+    for (int i = 0; i < d->n_x && i < 8; i++) {
+        rows[i].rank = data_source_row_rank(d->x[i].src);
+        if (rows[i].rank > TENSOR_MAX_RANK)
+            return err_set(e, ERR_SHAPE, "input %d: rank %d too large", i, rows[i].rank);
+        memcpy(rows[i].dims, data_source_row_shape(d->x[i].src),
+               sizeof(int64_t) * (size_t)rows[i].rank);
+    }
+    return model_inputs_specialize(m, rows, e);
+}
+
 int fit_data_check(const model *m, const fit_data *d, bool need_targets, const char *what,
                    err_info *e)
 {
@@ -643,7 +664,9 @@ done:
 int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm,
                  fit_logs *out, err_info *e)
 {
-    int rc = fit_data_check(m, data, true, "evaluation data", e);
+    int rc = fit_data_specialize(m, data, e);
+    if (rc == ERR_OK)
+        rc = fit_data_check(m, data, true, "evaluation data", e);
     if (rc != ERR_OK)
         return rc;
     if (!m->train.compiled || m->train.n_losses == 0)
@@ -694,7 +717,9 @@ int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *
         d.x[i].src = x[i];
         d.x[i].scale = 1.0f;
     }
-    int rc = fit_data_check(m, &d, false, "predict input", e);
+    int rc = fit_data_specialize(m, &d, e);
+    if (rc == ERR_OK)
+        rc = fit_data_check(m, &d, false, "predict input", e);
     if (rc != ERR_OK)
         return rc;
     int64_t rows = n_x > 0 ? data_source_rows(x[0]) : 0;

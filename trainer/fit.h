@@ -111,6 +111,11 @@ int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *
                 err_info *e);
 int64_t fit_output_row_len(const model *m, int i);
 
+/* When a model input has free extents (e.g. [None, None, 20]: any number of time steps), fixes
+ * them to the data's row shapes (model_inputs_specialize) so the engine can plan its buffers.
+ * Does nothing for fully known inputs. */
+int fit_data_specialize(model *m, const fit_data *d, err_info *e);
+
 /* Checks that data arrays fit the model: n_x == inputs, n_y == outputs, row shapes match
  * (targets: sparse labels [1] or the output's row shape), equal row counts. Errors name the
  * array (by `what`, e.g. "train x[0]") and both shapes. */

@@ -1431,6 +1431,75 @@ done:
     return rc;
 }
 
+/* Re-runs shape inference over the built graph and checks the weights still fit. */
+static int reinfer_shapes(model *m, err_info *e)
+{
+    build_tmp t;
+    memset(&t, 0, sizeof t);
+    t.order = malloc(sizeof *t.order * (size_t)(m->n_order > 0 ? m->n_order : 1));
+    if (t.order == NULL)
+        return err_set(e, ERR_NOMEM, "model_inputs_specialize: out of memory");
+    memcpy(t.order, m->order, sizeof *t.order * (size_t)m->n_order);
+    int rc = build_shapes(m, &t, m->n_order, e);
+    for (int li = 0; rc == ERR_OK && li < m->n_layers; li++) {
+        const model_layer *L = &m->layers[li];
+        bool same = t.n_ws[li] == L->n_weights;
+        for (int k = 0; same && k < L->n_weights; k++) {
+            const model_weight *w = &m->weights[L->weight0 + k];
+            same = t.ws[li][k].rank == w->rank &&
+                   memcmp(t.ws[li][k].shape, w->shape, sizeof(int64_t) * (size_t)w->rank) == 0;
+        }
+        if (!same)
+            rc = err_set(e, ERR_SHAPE,
+                         "layer \"%s\": the given input shapes would change its weights' shapes",
+                         L->name);
+    }
+    build_tmp_free(&t);
+    return rc;
+}
+
+int model_inputs_specialize(model *m, const model_shape *rows, err_info *e)
+{
+    if (!m->built)
+        return err_set(e, ERR_USAGE, "model_inputs_specialize: the model is not built");
+    model_shape saved[64];
+    if (m->n_inputs > 64)
+        return err_set(e, ERR_UNSUPPORTED, "more than 64 model inputs");
+    int rc = ERR_OK;
+    for (int i = 0; i < m->n_inputs; i++)
+        saved[i] = m->layers[m->inputs[i].layer].input_shape;
+    for (int i = 0; i < m->n_inputs && rc == ERR_OK; i++) {
+        model_layer *L = &m->layers[m->inputs[i].layer];
+        model_shape *s = &L->input_shape;
+        char a[128], b[128];
+        if (rows[i].rank != s->rank - 1) {
+            rc = err_set(e, ERR_SHAPE, "input \"%s\": rows of shape %s, the input is %s", L->name,
+                         tensor_shape_str(rows[i].rank, rows[i].dims, a, sizeof a),
+                         tensor_shape_str(s->rank, s->dims, b, sizeof b));
+            break;
+        }
+        for (int d = 1; d < s->rank; d++) {
+            if (s->dims[d] == -1) {
+                s->dims[d] = rows[i].dims[d - 1];
+            } else if (s->dims[d] != rows[i].dims[d - 1]) {
+                rc = err_set(e, ERR_SHAPE, "input \"%s\": rows of shape %s, the input is %s",
+                             L->name, tensor_shape_str(rows[i].rank, rows[i].dims, a, sizeof a),
+                             tensor_shape_str(saved[i].rank, saved[i].dims, b, sizeof b));
+                break;
+            }
+        }
+    }
+    if (rc == ERR_OK)
+        rc = reinfer_shapes(m, e);
+    if (rc != ERR_OK) {
+        for (int i = 0; i < m->n_inputs; i++)
+            m->layers[m->inputs[i].layer].input_shape = saved[i];
+        err_info ignore;
+        (void)reinfer_shapes(m, &ignore);
+    }
+    return rc;
+}
+
 /* ---- weights, state, training config ---- */
 
 int model_weight_find(const model *m, int layer, const char *short_name)

@@ -324,6 +324,13 @@ int model_layer_find(const model *m, const char *name);
  * nothing but the nodes' out shapes has been written and m->built stays false. */
 int model_build(model *m, err_info *e);
 
+/* Fixes the free extents (-1, e.g. a variable number of time steps) of the model inputs to the
+ * given row shapes and re-infers every node's shapes; weights are unchanged (an error if a new
+ * extent would change a weight's shape). rows[i] is input i's shape without the batch axis
+ * (rank = the input's rank - 1). Known extents must match (ERR_SHAPE naming the input). On
+ * failure the model is as it was. */
+int model_inputs_specialize(model *m, const model_shape *rows, err_info *e);
+
 /* Weight lookup within a layer by its short name ("kernel", "bias", "gamma", ...): index into
  * m->weights or -1. */
 int model_weight_find(const model *m, int layer, const char *short_name);
