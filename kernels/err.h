@@ -38,8 +38,7 @@ typedef struct err_info {
 } err_info;
 
 /* Sets e (if not NULL) to code and the formatted message; returns code. */
-int err_set(err_info *e, err_code code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int err_set(err_info *e, err_code code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Prepends "<formatted>: " to e->msg, keeping the code; returns e->code. */
 int err_wrap(err_info *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -14,14 +14,20 @@
 
 #define CLI_MAX_POS 16
 
-typedef enum cli_opt_kind { CLI_FLAG, CLI_INT, CLI_FLOAT, CLI_STR, CLI_OPT_KIND_COUNT } cli_opt_kind;
+typedef enum cli_opt_kind {
+    CLI_FLAG,
+    CLI_INT,
+    CLI_FLOAT,
+    CLI_STR,
+    CLI_OPT_KIND_COUNT
+} cli_opt_kind;
 
 typedef struct cli_opt {
     const char *name; /* without the leading "--" */
     cli_opt_kind kind;
-    const char *arg;  /* placeholder in help, e.g. "N" */
+    const char *arg; /* placeholder in help, e.g. "N" */
     const char *help;
-    const char *def;  /* default value as text, or NULL */
+    const char *def; /* default value as text, or NULL */
 } cli_opt;
 
 /* Parsed options: values by option index, plus positional arguments. */
@@ -57,9 +63,9 @@ typedef struct cli_dataset {
 typedef struct cli_data_opts {
     const char *x_datasets; /* HDF5 dataset names for inputs (comma list) */
     const char *y_datasets;
-    double scale;           /* < 0: automatic (1/255 for uint8 inputs) */
+    double scale; /* < 0: automatic (1/255 for uint8 inputs) */
     int n_inputs, n_outputs;
-    bool test_split;        /* fashion-mnist: use t10k */
+    bool test_split; /* fashion-mnist: use t10k */
 } cli_data_opts;
 
 int cli_dataset_open(const char *spec, const cli_data_opts *o, cli_dataset *out, err_info *e);
@@ -81,7 +87,7 @@ typedef struct cli_progress {
     bool tty, quiet;
     double last_draw;
     int64_t epochs, header_epoch;
-    FILE *history;     /* CSV, or NULL */
+    FILE *history; /* CSV, or NULL */
     bool history_header;
 } cli_progress;
 void cli_progress_on_step(void *ctx, int64_t epoch, int64_t step, int64_t steps,

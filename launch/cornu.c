@@ -19,39 +19,48 @@
 /* Options shared by the commands that load a model and read data. */
 #define OPTS_MODEL                                                                                 \
     {"config-json", CLI_STR, "FILE", "architecture for a weights-only .h5 model", NULL},           \
-    {"threads", CLI_INT, "N", "OpenBLAS threads per rank (0 = cores / ranks on this node)", "0"}
+    {                                                                                              \
+        "threads", CLI_INT, "N", "OpenBLAS threads per rank (0 = cores / ranks on this node)", "0" \
+    }
 #define OPTS_DATA                                                                                  \
-    {"data", CLI_STR, "SPEC", "fashion-mnist, FILE.h5, X.idx[.gz],Y.idx[.gz] or X.npy,Y.npy",     \
+    {"data", CLI_STR, "SPEC", "fashion-mnist, FILE.h5, X.idx[.gz],Y.idx[.gz] or X.npy,Y.npy",      \
      "fashion-mnist"},                                                                             \
-    {"x-dataset", CLI_STR, "NAMES", "HDF5 input dataset name(s), comma-separated", "x"},           \
-    {"y-dataset", CLI_STR, "NAMES", "HDF5 target dataset name(s), comma-separated", "y"},          \
-    {"scale", CLI_FLOAT, "F", "multiply inputs by F (default: 1/255 for uint8 data, else 1)", NULL}
+        {"x-dataset", CLI_STR, "NAMES", "HDF5 input dataset name(s), comma-separated", "x"},       \
+        {"y-dataset", CLI_STR, "NAMES", "HDF5 target dataset name(s), comma-separated", "y"},      \
+    {                                                                                              \
+        "scale", CLI_FLOAT, "F", "multiply inputs by F (default: 1/255 for uint8 data, else 1)",   \
+            NULL                                                                                   \
+    }
 #define OPTS_COMPILE                                                                               \
     {"loss", CLI_STR, "NAME",                                                                      \
      "sparse_categorical_crossentropy, categorical_crossentropy, binary_crossentropy, mse, mae, "  \
-     "huber (default: the file's, else sparse_categorical_crossentropy)",                           \
+     "huber (default: the file's, else sparse_categorical_crossentropy)",                          \
      NULL},                                                                                        \
-    {"from-logits", CLI_FLAG, NULL, "the loss takes logits (from_logits=True)", NULL},             \
-    {"metrics", CLI_STR, "LIST", "accuracy, mse, mae, ... comma-separated (default accuracy)",     \
-     NULL},                                                                                        \
-    {"optimizer", CLI_STR, "NAME", "sgd, adam, adamw, rmsprop, adagrad, nadam (default: the "      \
-                                   "file's, else adam)",                                           \
-     NULL},                                                                                        \
-    {"lr", CLI_FLOAT, "F", "learning rate (default: Keras's for the optimizer)", NULL},            \
-    {"lr-schedule", CLI_STR, "SPEC",                                                               \
-     "exponential:STEPS:RATE[:staircase], piecewise:B1,B2..:V0,V1.., cosine:STEPS[:ALPHA]", NULL}, \
-    {"momentum", CLI_FLOAT, "F", "SGD/RMSprop momentum", NULL},                                   \
-    {"nesterov", CLI_FLAG, NULL, "SGD Nesterov momentum", NULL},                                   \
-    {"beta1", CLI_FLOAT, "F", "Adam-family beta_1", NULL},                                         \
-    {"beta2", CLI_FLOAT, "F", "Adam-family beta_2", NULL},                                         \
-    {"epsilon", CLI_FLOAT, "F", "optimizer epsilon", NULL},                                        \
-    {"amsgrad", CLI_FLAG, NULL, "Adam/AdamW AMSGrad variant", NULL},                               \
-    {"weight-decay", CLI_FLOAT, "F", "decoupled weight decay (AdamW; any optimizer)", NULL},       \
-    {"rho", CLI_FLOAT, "F", "RMSprop rho", NULL},                                                  \
-    {"centered", CLI_FLAG, NULL, "centered RMSprop", NULL},                                        \
-    {"clipnorm", CLI_FLOAT, "F", "clip each gradient's norm to F", NULL},                          \
-    {"clipvalue", CLI_FLOAT, "F", "clip gradient values to [-F, F]", NULL},                        \
-    {"global-clipnorm", CLI_FLOAT, "F", "clip the global gradient norm to F", NULL}
+        {"from-logits", CLI_FLAG, NULL, "the loss takes logits (from_logits=True)", NULL},         \
+        {"metrics", CLI_STR, "LIST", "accuracy, mse, mae, ... comma-separated (default accuracy)", \
+         NULL},                                                                                    \
+        {"optimizer", CLI_STR, "NAME",                                                             \
+         "sgd, adam, adamw, rmsprop, adagrad, nadam (default: the "                                \
+         "file's, else adam)",                                                                     \
+         NULL},                                                                                    \
+        {"lr", CLI_FLOAT, "F", "learning rate (default: Keras's for the optimizer)", NULL},        \
+        {"lr-schedule", CLI_STR, "SPEC",                                                           \
+         "exponential:STEPS:RATE[:staircase], piecewise:B1,B2..:V0,V1.., cosine:STEPS[:ALPHA]",    \
+         NULL},                                                                                    \
+        {"momentum", CLI_FLOAT, "F", "SGD/RMSprop momentum", NULL},                                \
+        {"nesterov", CLI_FLAG, NULL, "SGD Nesterov momentum", NULL},                               \
+        {"beta1", CLI_FLOAT, "F", "Adam-family beta_1", NULL},                                     \
+        {"beta2", CLI_FLOAT, "F", "Adam-family beta_2", NULL},                                     \
+        {"epsilon", CLI_FLOAT, "F", "optimizer epsilon", NULL},                                    \
+        {"amsgrad", CLI_FLAG, NULL, "Adam/AdamW AMSGrad variant", NULL},                           \
+        {"weight-decay", CLI_FLOAT, "F", "decoupled weight decay (AdamW; any optimizer)", NULL},   \
+        {"rho", CLI_FLOAT, "F", "RMSprop rho", NULL},                                              \
+        {"centered", CLI_FLAG, NULL, "centered RMSprop", NULL},                                    \
+        {"clipnorm", CLI_FLOAT, "F", "clip each gradient's norm to F", NULL},                      \
+        {"clipvalue", CLI_FLOAT, "F", "clip gradient values to [-F, F]", NULL},                    \
+    {                                                                                              \
+        "global-clipnorm", CLI_FLOAT, "F", "clip the global gradient norm to F", NULL              \
+    }
 
 static const cli_opt TRAIN_OPTS[] = {
     OPTS_MODEL,
@@ -76,7 +85,9 @@ static const cli_opt TRAIN_OPTS[] = {
 };
 
 static const cli_opt EVAL_OPTS[] = {
-    OPTS_MODEL, OPTS_DATA, OPTS_COMPILE,
+    OPTS_MODEL,
+    OPTS_DATA,
+    OPTS_COMPILE,
     {"batch-size", CLI_INT, "N", "batch size", "32"},
     {"quiet", CLI_FLAG, NULL, "print only the result line", NULL},
 };
@@ -232,10 +243,14 @@ static int apply_compile(const cli_args *a, model *m, err_info *e)
     struct {
         const char *name;
         double *field;
-    } nums[] = {{"momentum", &o->momentum},      {"beta1", &o->beta_1},
-                {"beta2", &o->beta_2},           {"epsilon", &o->epsilon},
-                {"weight-decay", &o->weight_decay}, {"rho", &o->rho},
-                {"clipnorm", &o->clipnorm},      {"clipvalue", &o->clipvalue},
+    } nums[] = {{"momentum", &o->momentum},
+                {"beta1", &o->beta_1},
+                {"beta2", &o->beta_2},
+                {"epsilon", &o->epsilon},
+                {"weight-decay", &o->weight_decay},
+                {"rho", &o->rho},
+                {"clipnorm", &o->clipnorm},
+                {"clipvalue", &o->clipvalue},
                 {"global-clipnorm", &o->global_clipnorm}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         if (!cli_has(a, nums[i].name))
@@ -256,8 +271,8 @@ static int apply_compile(const cli_args *a, model *m, err_info *e)
     return ERR_OK;
 }
 
-static int open_data(const cli_args *a, const char *spec, const model *m, bool test,
-                     cli_dataset *d, err_info *e)
+static int open_data(const cli_args *a, const char *spec, const model *m, bool test, cli_dataset *d,
+                     err_info *e)
 {
     cli_data_opts o;
     memset(&o, 0, sizeof o);
@@ -349,8 +364,8 @@ static int cmd_train(dist *dd, const cli_args *a, err_info *e)
     if (g_is_root && cli_str(a, "history") != NULL) {
         hist = fopen(cli_str(a, "history"), "w");
         if (hist == NULL) {
-            rc = err_set(e, ERR_IO, "%s: cannot create: %s", cli_str(a, "history"),
-                         strerror(errno));
+            rc =
+                err_set(e, ERR_IO, "%s: cannot create: %s", cli_str(a, "history"), strerror(errno));
             goto done;
         }
     }
@@ -541,9 +556,10 @@ static const command COMMANDS[] = {
 
 static void main_help(FILE *f)
 {
-    fprintf(f, "cornu %s: Keras-compatible training on MPI clusters, and Keras/SavedModel "
-               "conversion.\n\nusage: cornu COMMAND [options]   (cornu COMMAND --help for "
-               "details)\n\ncommands:\n",
+    fprintf(f,
+            "cornu %s: Keras-compatible training on MPI clusters, and Keras/SavedModel "
+            "conversion.\n\nusage: cornu COMMAND [options]   (cornu COMMAND --help for "
+            "details)\n\ncommands:\n",
             VERSION);
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].usage);

@@ -90,7 +90,8 @@ int cli_dataset_open(const char *spec, const cli_data_opts *o, cli_dataset *out,
         char xs[4096], ys[4096];
         char *xn[16], *yn[16];
         int nx = split_list(o->x_datasets ? o->x_datasets : "x", xs, sizeof xs, xn, 16);
-        int ny = n_out == 0 ? 0 : split_list(o->y_datasets ? o->y_datasets : "y", ys, sizeof ys, yn, 16);
+        int ny =
+            n_out == 0 ? 0 : split_list(o->y_datasets ? o->y_datasets : "y", ys, sizeof ys, yn, 16);
         for (int i = 0; i < nx && rc == ERR_OK; i++)
             rc = add_source(out, spec, xn[i], e);
         for (int i = 0; i < ny && rc == ERR_OK; i++)

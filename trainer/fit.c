@@ -15,22 +15,22 @@ struct fit_session {
     bool has_comm;
     layer_net *net;
     optim *opt;
-    int64_t local_max;           /* most rows this rank gets from one global batch */
+    int64_t local_max; /* most rows this rank gets from one global batch */
     int n_out;
-    model_loss loss[8];          /* per output */
+    model_loss loss[8]; /* per output */
     double loss_weight[8];
-    int64_t out_len[8];          /* output row length */
-    int64_t y_len[8];            /* target row length (1 for sparse labels) */
-    float *y[8];                 /* target buffers [local_max, y_len] */
+    int64_t out_len[8]; /* output row length */
+    int64_t y_len[8];   /* target row length (1 for sparse labels) */
+    float *y[8];        /* target buffers [local_max, y_len] */
     int n_metrics;
     metric_kind metric[8][MODEL_MAX_METRICS]; /* resolved per output */
-    double *acc;                 /* running sums: loss, rows, then metric (sum,count) pairs */
+    double *acc; /* running sums: loss, rows, then metric (sum,count) pairs */
     int n_acc;
-    int n_reg;                   /* weights with an L1/L2 penalty */
+    int n_reg; /* weights with an L1/L2 penalty */
     struct fit_reg {
         size_t offset, count;
         double l1, l2;
-    } *reg;
+    } * reg;
 };
 
 static double now_s(void)
@@ -146,9 +146,11 @@ int fit_data_check(const model *m, const fit_data *d, bool need_targets, const c
             want *= s->dims[k];
         const data_source *src = d->x[i].src;
         if (!shape_matches(data_source_row_rank(src), data_source_row_shape(src), s, want))
-            return err_set(e, ERR_SHAPE, "%s: input %d has rows of shape %s, the model input \"%s\" expects %s",
+            return err_set(e, ERR_SHAPE,
+                           "%s: input %d has rows of shape %s, the model input \"%s\" expects %s",
                            what, i,
-                           tensor_shape_str(data_source_row_rank(src), data_source_row_shape(src), a, sizeof a),
+                           tensor_shape_str(data_source_row_rank(src), data_source_row_shape(src),
+                                            a, sizeof a),
                            m->layers[m->inputs[i].layer].name,
                            tensor_shape_str(s->rank - 1, s->dims + 1, b, sizeof b));
         if (data_source_rows(src) != rows)
@@ -162,12 +164,16 @@ int fit_data_check(const model *m, const fit_data *d, bool need_targets, const c
         const data_source *src = d->y[i].src;
         int64_t want = target_len(m, i);
         if (!shape_matches(data_source_row_rank(src), data_source_row_shape(src), s, want))
-            return err_set(e, ERR_SHAPE, "%s: target %d has rows of shape %s, the model output \"%s\" is %s (loss %s expects %lld values per row)",
+            return err_set(e, ERR_SHAPE,
+                           "%s: target %d has rows of shape %s, the model output \"%s\" is %s "
+                           "(loss %s expects %lld values per row)",
                            what, i,
-                           tensor_shape_str(data_source_row_rank(src), data_source_row_shape(src), a, sizeof a),
+                           tensor_shape_str(data_source_row_rank(src), data_source_row_shape(src),
+                                            a, sizeof a),
                            m->layers[m->outputs[i].layer].name,
                            tensor_shape_str(s->rank - 1, s->dims + 1, b, sizeof b),
-                           loss_for_output(m, i) ? model_loss_name(loss_for_output(m, i)->kind) : "?",
+                           loss_for_output(m, i) ? model_loss_name(loss_for_output(m, i)->kind)
+                                                 : "?",
                            (long long)want);
         if (data_source_rows(src) != rows)
             return err_set(e, ERR_SHAPE, "%s: target %d has %lld rows, the inputs have %lld", what,
@@ -190,7 +196,8 @@ static void logs_add(fit_logs *l, const char *prefix, const char *name, double v
 static void logs_from_acc(const fit_session *s, const model *m, const double *acc,
                           const char *prefix, fit_logs *out)
 {
-    /* acc layout: [total loss sum, rows] then per output [loss sum, then (sum, count) per metric] */
+    /* acc layout: [total loss sum, rows] then per output [loss sum, then (sum, count) per metric]
+     */
     double rows = acc[1] > 0 ? acc[1] : 1;
     logs_add(out, prefix, "loss", acc[0] / rows);
     int k = 2;
@@ -218,8 +225,8 @@ static int acc_size(int n_out, int n_metrics)
 }
 
 /* Losses and metrics of one batch into acc (adds), gradients into the net when training. */
-static int batch_losses(fit_session *s, model *m, layer_net *net, int64_t rows,
-                        int64_t global_rows, bool training, double *acc, err_info *e)
+static int batch_losses(fit_session *s, model *m, layer_net *net, int64_t rows, int64_t global_rows,
+                        bool training, double *acc, err_info *e)
 {
     int k = 2;
     for (int o = 0; o < s->n_out; o++) {
@@ -346,7 +353,8 @@ int fit_session_create(model *m, const fit_config *c, const fit_comm *comm, fit_
     if (!m->built)
         return err_set(e, ERR_INTERNAL, "fit_session_create: model not built");
     if (!m->train.compiled || m->train.n_losses == 0)
-        return err_set(e, ERR_CONFIG, "the model has no loss: give --loss (or a file with a training_config)");
+        return err_set(e, ERR_CONFIG,
+                       "the model has no loss: give --loss (or a file with a training_config)");
     if (c->batch <= 0)
         return err_set(e, ERR_USAGE, "batch size %lld must be positive", (long long)c->batch);
     fit_session *s = calloc(1, sizeof *s);
@@ -422,8 +430,8 @@ static void status(const fit_session *s, int64_t epoch, int64_t step, const char
     if (s->has_comm && s->comm.status != NULL) {
         char buf[128];
         if (step > 0)
-            snprintf(buf, sizeof buf, "epoch %lld step %lld: %s", (long long)epoch,
-                     (long long)step, what);
+            snprintf(buf, sizeof buf, "epoch %lld step %lld: %s", (long long)epoch, (long long)step,
+                     what);
         else
             snprintf(buf, sizeof buf, "epoch %lld: %s", (long long)epoch, what);
         s->comm.status(s->comm.ctx, buf);
@@ -661,8 +669,8 @@ done:
     return rc;
 }
 
-int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm,
-                 fit_logs *out, err_info *e)
+int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm, fit_logs *out,
+                 err_info *e)
 {
     int rc = fit_data_specialize(m, data, e);
     if (rc == ERR_OK)
@@ -670,7 +678,8 @@ int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *
     if (rc != ERR_OK)
         return rc;
     if (!m->train.compiled || m->train.n_losses == 0)
-        return err_set(e, ERR_CONFIG, "the model has no loss: give --loss (or a file with a training_config)");
+        return err_set(e, ERR_CONFIG,
+                       "the model has no loss: give --loss (or a file with a training_config)");
     fit_session s;
     memset(&s, 0, sizeof s);
     s.m = m;
@@ -742,8 +751,7 @@ int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *
             rc = layer_net_forward(net, nb, false, 0, 0, e);
         for (int o = 0; rc == ERR_OK && o < m->n_outputs; o++) {
             int64_t len = fit_output_row_len(m, o);
-            memcpy(out[o] + r0 * len, layer_net_output(net, o),
-                   sizeof(float) * (size_t)(nb * len));
+            memcpy(out[o] + r0 * len, layer_net_output(net, o), sizeof(float) * (size_t)(nb * len));
         }
     }
     layer_net_destroy(net);

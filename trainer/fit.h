@@ -54,8 +54,8 @@ typedef struct fit_callbacks {
     void (*on_step)(void *ctx, int64_t epoch, int64_t step, int64_t steps, const fit_logs *logs,
                     double elapsed_s);
     /* After each epoch (validation included). */
-    void (*on_epoch)(void *ctx, int64_t epoch, int64_t epochs, int64_t steps,
-                     const fit_logs *logs, double elapsed_s, const fit_timing *t);
+    void (*on_epoch)(void *ctx, int64_t epoch, int64_t epochs, int64_t steps, const fit_logs *logs,
+                     double elapsed_s, const fit_timing *t);
 } fit_callbacks;
 
 /* One input or target array: a data source and the scale applied while reading it. */
@@ -72,13 +72,13 @@ typedef struct fit_data {
 
 typedef struct fit_config {
     int64_t epochs;
-    int64_t initial_epoch;     /* resume: epochs run are initial_epoch .. epochs-1 */
-    int64_t batch;             /* global batch size */
-    uint64_t seed;             /* shuffling and dropout */
+    int64_t initial_epoch; /* resume: epochs run are initial_epoch .. epochs-1 */
+    int64_t batch;         /* global batch size */
+    uint64_t seed;         /* shuffling and dropout */
     bool shuffle;
-    double validation_split;   /* last fraction of train as validation, like Keras */
-    const fit_data *val;       /* separate validation data, or NULL */
-    int64_t steps_limit;       /* stop each epoch after this many steps (0 = all; tests/benches) */
+    double validation_split; /* last fraction of train as validation, like Keras */
+    const fit_data *val;     /* separate validation data, or NULL */
+    int64_t steps_limit;     /* stop each epoch after this many steps (0 = all; tests/benches) */
 } fit_config;
 
 fit_config fit_config_default(void);
@@ -101,8 +101,8 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
               err_info *e);
 
 /* Loss and metrics of m over data in inference mode, batch rows at a time. */
-int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm,
-                 fit_logs *out, err_info *e);
+int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm, fit_logs *out,
+                 err_info *e);
 
 /* Inference: runs m over n_x input sources (all the same row count) batch rows at a time and
  * writes each output i (rows x output row length) into out[i], which the caller allocated with

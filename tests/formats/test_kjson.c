@@ -206,35 +206,45 @@ static void test_keras3(void)
         "\"bias_regularizer\": null, \"kernel_constraint\": null, \"bias_constraint\": null, "
         "\"quantization_config\": null}, \"registered_name\": null, \"build_config\": "
         "{\"input_shape\": [null, 4, 2]}, \"name\": \"h\", \"inbound_nodes\": [{\"args\": [" KT(
-            "in", 0,
-            "[null, 4, 2]") "], \"kwargs\": {}}]},"
-                            "{\"module\": \"keras.layers\", \"class_name\": \"Concatenate\", "
-                            "\"config\": {\"name\": "
-                            "\"cat\", \"trainable\": true, \"dtype\": " POL
-                            ", \"axis\": -1}, \"registered_name\": "
-                            "null, \"name\": \"cat\", \"inbound_nodes\": [{\"args\": [[" KT("h", 0, "[null, 4, 3]") ", " KT(
-                                "in",
-                                0, "[null, 4, 2]") "]], \"kwargs\": {}}]},"
-                                                   "{\"module\": \"keras.layers\", \"class_name\": "
-                                                   "\"SimpleRNN\", \"config\": {\"name\": "
-                                                   "\"rnn\", \"trainable\": true, \"dtype\": " POL
-                                                   ", \"units\": 5, \"activation\": "
-                                                   "\"tanh\", \"use_bias\": true, "
-                                                   "\"return_sequences\": false, \"return_state\": "
-                                                   "false, "
-                                                   "\"go_backwards\": false, \"stateful\": false, "
-                                                   "\"unroll\": false, \"recurrent_initializer\": "
-                                                   "{\"module\": \"keras.initializers\", "
-                                                   "\"class_name\": \"OrthogonalInitializer\", "
-                                                   "\"config\": "
-                                                   "{\"seed\": 5, \"gain\": 2.0}, "
-                                                   "\"registered_name\": null}, \"seed\": null}, "
-                                                   "\"registered_name\": null, \"name\": \"rnn\", "
-                                                   "\"inbound_nodes\": [{\"args\": [" KT(
-                                                       "cat",
-                                                       0, "[null, 4, 5]") "], \"kwargs\": "
-                                                                          "{\"initial_state\": "
-                                                                          "[" KT("s0", 0,
+            "in", 0, "[null, 4, 2]") "], \"kwargs\": {}}]},"
+                                     "{\"module\": \"keras.layers\", \"class_name\": "
+                                     "\"Concatenate\", "
+                                     "\"config\": {\"name\": "
+                                     "\"cat\", \"trainable\": true, \"dtype\": " POL
+                                     ", \"axis\": -1}, \"registered_name\": "
+                                     "null, \"name\": \"cat\", \"inbound_nodes\": [{\"args\": "
+                                     "[[" KT("h", 0, "[null, 4, 3]") ", " KT(
+                                         "in", 0,
+                                         "[null, 4, 2]") "]], \"kwargs\": {}}]},"
+                                                         "{\"module\": \"keras.layers\", "
+                                                         "\"class_name\": "
+                                                         "\"SimpleRNN\", \"config\": {\"name\": "
+                                                         "\"rnn\", \"trainable\": true, "
+                                                         "\"dtype\": " POL
+                                                         ", \"units\": 5, \"activation\": "
+                                                         "\"tanh\", \"use_bias\": true, "
+                                                         "\"return_sequences\": false, "
+                                                         "\"return_state\": "
+                                                         "false, "
+                                                         "\"go_backwards\": false, \"stateful\": "
+                                                         "false, "
+                                                         "\"unroll\": false, "
+                                                         "\"recurrent_initializer\": "
+                                                         "{\"module\": \"keras.initializers\", "
+                                                         "\"class_name\": "
+                                                         "\"OrthogonalInitializer\", "
+                                                         "\"config\": "
+                                                         "{\"seed\": 5, \"gain\": 2.0}, "
+                                                         "\"registered_name\": null}, \"seed\": "
+                                                         "null}, "
+                                                         "\"registered_name\": null, \"name\": "
+                                                         "\"rnn\", "
+                                                         "\"inbound_nodes\": [{\"args\": [" KT(
+                                                             "cat", 0,
+                                                             "[null, 4, 5]") "], \"kwargs\": "
+                                                                             "{\"initial_state\": "
+                                                                             "[" KT(
+                                                                                 "s0", 0,
                                                                                  "[null, 5]") "], "
                                                                                               "\"tr"
                                                                                               "aini"
