@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 void kh5__strs_free(kh5__strs *l)
 {
@@ -186,6 +187,242 @@ static const char *type_class_name(H5T_class_t c)
     return "unknown";
 }
 
+/* ---- variable-length strings, read with checks libhdf5 1.10 lacks ----
+ *
+ * A variable-length string attribute stores, per element, its length and a reference into a
+ * "global heap collection" (GCOL) elsewhere in the file. libhdf5 1.10's H5Aread trusts those
+ * numbers: a corrupted reference or collection makes it read out of bounds (H5HG_read crashes)
+ * or allocate gigabytes. So the references are fetched raw (through a conversion function that
+ * copies the disk form unchanged, registered only for the duration of one read), and the
+ * collection is parsed here with every offset and size checked against the file before any
+ * byte is copied. Files on another driver than sec2 / core fall back to H5Aread. */
+
+#define KH5__RAW_TAG "cornu-raw-vlen"
+#define KH5__RAW_CONV "cornu_raw_vlen"
+
+static herr_t raw_vlen_conv(hid_t src, hid_t dst, H5T_cdata_t *cdata, size_t nelmts,
+                            size_t buf_stride, size_t bkg_stride, void *buf, void *bkg, hid_t plist)
+{
+    (void)nelmts, (void)buf_stride, (void)bkg_stride, (void)buf, (void)bkg, (void)plist;
+    switch (cdata->command) {
+    case H5T_CONV_INIT: {
+        /* Only for the opaque memory type made below, and only when it has exactly the size
+         * of the disk form, so that "converting" is leaving the bytes where they are. */
+        char *tag = H5Tget_tag(dst);
+        bool ours = tag != NULL && strcmp(tag, KH5__RAW_TAG) == 0;
+        H5free_memory(tag);
+        cdata->need_bkg = H5T_BKG_NO;
+        return ours && H5Tget_size(src) == H5Tget_size(dst) ? 0 : -1;
+    }
+    case H5T_CONV_CONV:
+    case H5T_CONV_FREE:
+        return 0;
+    }
+    return -1;
+}
+
+/* Where a file's bytes can be read directly. */
+typedef struct raw_file {
+    int fd;                   /* sec2 driver, or -1 */
+    const unsigned char *mem; /* core driver image, or NULL */
+    uint64_t size;            /* bytes in the file */
+    uint64_t base;            /* userblock: HDF5 addresses are relative to it */
+    size_t sizeof_addr, sizeof_size;
+} raw_file;
+
+static bool raw_open(hid_t obj, raw_file *rf)
+{
+    memset(rf, 0, sizeof *rf);
+    rf->fd = -1;
+    bool ok = false;
+    hid_t file = H5Iget_file_id(obj);
+    hid_t fapl = file < 0 ? H5I_INVALID_HID : H5Fget_access_plist(file);
+    hid_t fcpl = file < 0 ? H5I_INVALID_HID : H5Fget_create_plist(file);
+    hsize_t size = 0, ub = 0;
+    void *handle = NULL;
+    if (fapl >= 0 && fcpl >= 0 && H5Fget_filesize(file, &size) >= 0 &&
+        H5Pget_sizes(fcpl, &rf->sizeof_addr, &rf->sizeof_size) >= 0 &&
+        H5Pget_userblock(fcpl, &ub) >= 0 && H5Fget_vfd_handle(file, fapl, &handle) >= 0 &&
+        handle != NULL && rf->sizeof_addr <= 8 && rf->sizeof_size <= 8 && rf->sizeof_addr > 0 &&
+        rf->sizeof_size > 0) {
+        hid_t drv = H5Pget_driver(fapl);
+        rf->size = size;
+        rf->base = ub;
+        if (drv == H5FD_SEC2) {
+            rf->fd = *(int *)handle;
+            ok = true;
+        } else if (drv == H5FD_CORE) {
+            rf->mem = *(unsigned char **)handle;
+            ok = rf->mem != NULL;
+        }
+    }
+    if (fcpl >= 0)
+        H5Pclose(fcpl);
+    if (fapl >= 0)
+        H5Pclose(fapl);
+    if (file >= 0)
+        H5Fclose(file);
+    return ok;
+}
+
+/* Copies n bytes at HDF5 address addr; false if they are not all inside the file. */
+static bool raw_read(const raw_file *rf, uint64_t addr, void *dst, size_t n)
+{
+    uint64_t at = rf->base + addr;
+    if (at < addr || at > rf->size || n > rf->size - at)
+        return false;
+    if (rf->mem != NULL) {
+        memcpy(dst, rf->mem + at, n);
+        return true;
+    }
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = pread(rf->fd, (char *)dst + done, n - done, (off_t)(at + done));
+        if (got <= 0)
+            return false;
+        done += (size_t)got;
+    }
+    return true;
+}
+
+static uint64_t le(const unsigned char *p, size_t n)
+{
+    uint64_t v = 0;
+    for (size_t i = n; i-- > 0;)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* One global heap collection, parsed and checked. */
+typedef struct gcol {
+    uint64_t addr;
+    unsigned char *buf;
+    size_t size;
+} gcol;
+
+/* Finds object idx of the collection at addr: *data / *n point into g->buf. */
+static int gcol_object(const raw_file *rf, gcol *g, uint64_t addr, uint64_t idx,
+                       const unsigned char **data, size_t *n, char *why, size_t wl)
+{
+    size_t hdr = 8 + rf->sizeof_size; /* "GCOL", version, 3 reserved, collection size */
+    if (g->buf == NULL || g->addr != addr) {
+        unsigned char h[16];
+        free(g->buf);
+        g->buf = NULL;
+        if (!raw_read(rf, addr, h, hdr)) {
+            snprintf(why, wl, "heap collection at %llu lies outside the file",
+                     (unsigned long long)addr);
+            return -1;
+        }
+        uint64_t cs = le(h + 8, rf->sizeof_size);
+        if (memcmp(h, "GCOL", 4) != 0 || h[4] != 1 || cs < hdr || cs > rf->size || cs > SIZE_MAX) {
+            snprintf(why, wl, "no valid heap collection at %llu", (unsigned long long)addr);
+            return -1;
+        }
+        g->buf = malloc((size_t)cs);
+        if (g->buf == NULL || !raw_read(rf, addr, g->buf, (size_t)cs)) {
+            snprintf(why, wl, "heap collection at %llu (%llu bytes) unreadable",
+                     (unsigned long long)addr, (unsigned long long)cs);
+            free(g->buf);
+            g->buf = NULL;
+            return -1;
+        }
+        g->addr = addr;
+        g->size = (size_t)cs;
+    }
+    /* Objects: index (2), reference count (2), reserved (4), size, data padded to 8 bytes;
+     * index 0 is the free space that ends the list. */
+    size_t oh = 8 + rf->sizeof_size, pos = hdr;
+    while (pos + oh <= g->size) {
+        uint64_t oi = le(g->buf + pos, 2);
+        uint64_t os = le(g->buf + pos + 8, rf->sizeof_size);
+        if (oi == 0)
+            break;
+        if (os > g->size - pos - oh) {
+            snprintf(why, wl, "heap object %llu overruns its collection", (unsigned long long)oi);
+            return -1;
+        }
+        if (oi == idx) {
+            *data = g->buf + pos + oh;
+            *n = (size_t)os;
+            return 0;
+        }
+        pos += oh + (size_t)((os + 7) & ~(uint64_t)7);
+    }
+    snprintf(why, wl, "heap object %llu missing from its collection", (unsigned long long)idx);
+    return -1;
+}
+
+/* 1: read (strings appended to out); 0: this file needs the plain H5Aread path; < 0: error. */
+static int vlen_strings_checked(hid_t attr, hid_t ftype, const char *where, const char *name,
+                                size_t np, kh5__strs *out, err_info *e)
+{
+    raw_file rf;
+    if (!raw_open(attr, &rf))
+        return 0;
+    size_t disk = 4 + rf.sizeof_addr + 4; /* length, collection address, object index */
+    int rc = 1;
+    hid_t raw = H5Tcreate(H5T_OPAQUE, disk);
+    unsigned char *ids = NULL;
+    gcol g = {0, NULL, 0};
+    bool registered = false;
+    if (raw < 0 || H5Tset_tag(raw, KH5__RAW_TAG) < 0) {
+        rc = 0;
+        goto done;
+    }
+    registered = H5Tregister(H5T_PERS_SOFT, KH5__RAW_CONV, ftype, raw, raw_vlen_conv) >= 0;
+    ids = malloc(np * disk);
+    if (!registered || ids == NULL) {
+        rc = 0;
+        goto done;
+    }
+    if (H5Aread(attr, raw, ids) < 0) {
+        char why[256];
+        kh5__h5_reason(why, sizeof why);
+        rc = err_set(e, ERR_FORMAT, "%s: attribute %s: cannot read (%s)", where, name, why);
+        rc = -rc;
+        goto done;
+    }
+    for (size_t i = 0; i < np; i++) {
+        const unsigned char *p = ids + i * disk;
+        uint64_t len = le(p, 4), addr = le(p + 4, rf.sizeof_addr);
+        uint64_t idx = le(p + 4 + rf.sizeof_addr, 4);
+        const unsigned char *data = (const unsigned char *)"";
+        size_t n = 0;
+        char why[160];
+        if (len > 0 && gcol_object(&rf, &g, addr, idx, &data, &n, why, sizeof why) != 0) {
+            rc = -err_set(e, ERR_FORMAT, "%s: attribute %s: string %zu: %s (corrupt file)", where,
+                          name, i, why);
+            goto done;
+        }
+        if (len > n) {
+            rc = -err_set(e, ERR_FORMAT,
+                          "%s: attribute %s: string %zu claims %llu bytes, its heap object has "
+                          "%zu (corrupt file)",
+                          where, name, i, (unsigned long long)len, n);
+            goto done;
+        }
+        /* A string ends at its first NUL, as HDF5 hands it to C. */
+        size_t l = 0;
+        while (l < len && data[l] != '\0')
+            l++;
+        int prc = kh5__strs_push(out, (const char *)data, l, e);
+        if (prc != ERR_OK) {
+            rc = -prc;
+            goto done;
+        }
+    }
+done:
+    if (registered)
+        H5Tunregister(H5T_PERS_SOFT, KH5__RAW_CONV, H5I_INVALID_HID, H5I_INVALID_HID,
+                      raw_vlen_conv);
+    free(g.buf);
+    free(ids);
+    if (raw >= 0)
+        H5Tclose(raw);
+    return rc;
+}
+
 /* Reads the strings of an open attribute into out (appending). */
 static int attr_strings(hid_t attr, const char *where, const char *name, kh5__strs *out,
                         err_info *e)
@@ -237,6 +474,11 @@ static int attr_strings(hid_t attr, const char *where, const char *name, kh5__st
         if ((hsize_t)np > stored / 8 + 1) {
             rc = err_set(e, ERR_FORMAT, "%s: attribute %s: %lld strings in %llu stored bytes",
                          where, name, (long long)np, (unsigned long long)stored);
+            goto done;
+        }
+        int checked = vlen_strings_checked(attr, ftype, where, name, (size_t)np, out, e);
+        if (checked != 0) {
+            rc = checked > 0 ? ERR_OK : -checked;
             goto done;
         }
         mtype = H5Tcopy(H5T_C_S1);

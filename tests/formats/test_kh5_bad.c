@@ -138,8 +138,24 @@ static void bytes_cases(void)
     copy_file(good, bad, (long)(n / 2));
     free(b);
     expect_read("truncated", ERR_FORMAT, "truncated", NULL);
+    FILE *f = NULL;
+    /* a string's global heap object claiming more bytes than its collection holds (libhdf5
+     * 1.10 would copy out of bounds) */
+    b = kh5t_slurp(good, &n);
+    for (size_t i = 0; b != NULL && i + 32 < n; i++)
+        if (memcmp(b + i, "GCOL", 4) == 0) {
+            /* header: "GCOL", version, 3 reserved, 8-byte size; object 1: index, refcount,
+             * reserved, 8-byte size */
+            memset(b + i + 16 + 8, 0x7f, 4);
+            break;
+        }
+    f = fopen(bad, "wb");
+    fwrite(b, 1, n, f);
+    fclose(f);
+    free(b);
+    expect_read("corrupt heap object", ERR_FORMAT, "overruns its collection", "corrupt file");
     /* not HDF5 at all */
-    FILE *f = fopen(bad, "wb");
+    f = fopen(bad, "wb");
     for (int i = 0; i < 5000; i++)
         fputc((i * 7919) & 0xff, f);
     fclose(f);
