@@ -1,7 +1,11 @@
+/* madvise(MADV_HUGEPAGE) is a Linux extension. */
+#define _DEFAULT_SOURCE 1
 #include "kernels/tensor.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 size_t dtype_size(dtype dt)
 {
@@ -99,4 +103,20 @@ char *tensor_shape_str(int rank, const int64_t *shape, char *buf, size_t len)
     if (used < len)
         snprintf(buf + used, len - used, "]");
     return buf;
+}
+
+void *tensor_alloc_big(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge)
+        return calloc(bytes ? bytes : 1, 1);
+    size_t rounded = (bytes + huge - 1) / huge * huge;
+    void *p = NULL;
+    if (posix_memalign(&p, huge, rounded) != 0)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, rounded, MADV_HUGEPAGE); /* advice only: fine if refused */
+#endif
+    memset(p, 0, rounded);
+    return p;
 }

@@ -36,6 +36,12 @@ int tensor_nbytes(dtype dt, int rank, const int64_t *shape, size_t *out, err_inf
 /* Element count of t (its shape is trusted). */
 int64_t tensor_count(const tensor *t);
 
+/* Zeroed memory for large buffers (parameters, activations, gradients), released with free().
+ * Buffers of 2 MiB or more are 2 MiB-aligned and marked for transparent huge pages, so touching
+ * them costs one page fault per 2 MiB instead of per 4 KiB (a fault costs microseconds). The
+ * pages are touched here, once, so a training step never faults. NULL on failure. */
+void *tensor_alloc_big(size_t bytes);
+
 /* Writes "[a, b, c]" into buf (always NUL-terminated); returns buf. Unknown extents (< 0)
  * print as "None". */
 char *tensor_shape_str(int rank, const int64_t *shape, char *buf, size_t len);

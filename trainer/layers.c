@@ -667,10 +667,10 @@ static int plan_memory(layer_net *n, const bool *need_grad, err_info *e)
         TAKE(n->ws, float, ws);
 #undef TAKE
         if (pass == 0) {
-            /* calloc: the OS hands out zero pages lazily, so this costs nothing up front and
-             * keeps unused rows deterministic. */
+            /* Zeroed and touched once, on huge pages where the kernel allows (tensor.h): the
+             * step never page-faults, and unused rows stay deterministic. */
             n->arena_bytes = off;
-            n->arena = calloc(off + 64, 1);
+            n->arena = tensor_alloc_big(off + 64);
             if (n->arena == NULL) {
                 rc = err_set(e, ERR_NOMEM, "step memory plan of %zu bytes", off);
                 goto done;
@@ -689,7 +689,7 @@ static int plan_memory(layer_net *n, const bool *need_grad, err_info *e)
         x->grad = need_grad[g] ? (float *)(void *)(base + grad_off[g]) : NULL;
     }
     if (n->training && m->n_trainable > 0) {
-        n->grads = calloc(m->n_trainable, sizeof(float));
+        n->grads = tensor_alloc_big(m->n_trainable * sizeof(float));
         if (n->grads == NULL)
             rc = err_set(e, ERR_NOMEM, "gradient buffer of %zu floats", m->n_trainable);
     }

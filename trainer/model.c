@@ -1359,7 +1359,7 @@ static int build_weights(model *m, build_tmp *t, int *n_weights_out, size_t *n_p
             off_n += W->count;
         }
     }
-    t->params = calloc(n_all + 1, sizeof(float));
+    t->params = tensor_alloc_big((n_all + 1) * sizeof(float));
     if (t->params == NULL)
         return err_set(e, ERR_NOMEM, "model_build: %zu parameters: out of memory", n_all);
     *n_weights_out = nw;
@@ -1539,7 +1539,7 @@ int model_opt_state_alloc(model *m, int n_slots, err_info *e)
     float *slots = NULL;
     size_t n = (size_t)n_slots * m->n_trainable;
     if (n > 0) {
-        slots = calloc(n, sizeof *slots);
+        slots = tensor_alloc_big(n * sizeof *slots);
         if (slots == NULL)
             return err_set(e, ERR_NOMEM, "optimizer state: %zu floats: out of memory", n);
     }
