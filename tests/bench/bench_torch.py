@@ -123,6 +123,7 @@ def main():
     for _ in range(args.warmup):
         loss = step()
     wins = []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t_start = time.perf_counter()
     for w in range(args.windows):
         if wins and args.max_seconds > 0 and time.perf_counter() - t_start > args.max_seconds:
@@ -136,12 +137,15 @@ def main():
               f"{args.steps * args.batch / t:.1f} samples/s ({1e3 * t / args.steps:.3f} ms/step)")
     best, median = min(wins), statistics.median(wins)
     loss_v = float(loss)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    rss_mb = ru.ru_maxrss / 1024.0
+    faults = (ru.ru_minflt - faults0) / (len(wins) * args.steps)
     print(f"RESULT impl=torch model={args.model} threads={args.threads} batch={args.batch} "
           f"steps={args.steps} windows={len(wins)} "
           f"samples_per_s={args.steps * args.batch / best:.2f} "
           f"median_samples_per_s={args.steps * args.batch / median:.2f} "
-          f"step_ms={1e3 * best / args.steps:.4f} peak_rss_mb={rss_mb:.1f} loss={loss_v:.4f} "
+          f"step_ms={1e3 * best / args.steps:.4f} peak_rss_mb={rss_mb:.1f} "
+          f"faults_per_step={faults:.1f} loss={loss_v:.4f} "
           f"torch={torch.__version__}")
     return 0 if np.isfinite(loss_v) else 1
 

@@ -40,8 +40,17 @@
 typedef struct bench_steps {
     double *t; /* t[i]: time at the end of global step i */
     int64_t n, cap;
+    int64_t warmup; /* minor page faults are counted from the end of step warmup - 1 */
+    long faults0;
     fit_timing timing; /* summed over epochs */
 } bench_steps;
+
+static long minor_faults(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
+}
 
 static double now_s(void)
 {
@@ -61,6 +70,8 @@ static void on_step(void *ctx, int64_t epoch, int64_t step, int64_t steps, const
     bench_steps *b = ctx;
     if (b->n < b->cap)
         b->t[b->n++] = now_s();
+    if (b->n == b->warmup)
+        b->faults0 = minor_faults();
 }
 
 static void on_epoch(void *ctx, int64_t epoch, int64_t epochs, int64_t steps, const fit_logs *logs,
@@ -119,7 +130,7 @@ static int read_file(const char *path, char **out, size_t *len, err_info *e)
 /* The engine loop (see the header comment): fills t[0 .. total) with the time at the end of
  * each step. */
 static int engine_loop(model *m, data_source *xs, data_source *ys, int64_t batch, uint64_t seed,
-                       int64_t total, double *t, double *loss_out, err_info *e)
+                       int64_t total, bench_steps *b, double *loss_out, err_info *e)
 {
     layer_net *net = NULL;
     optim *opt = NULL;
@@ -163,7 +174,9 @@ static int engine_loop(model *m, data_source *xs, data_source *ys, int64_t batch
             goto done;
         if ((rc = optim_step(opt, m, layer_net_grads(net), e)) != ERR_OK)
             goto done;
-        t[step] = now_s();
+        b->t[step] = now_s();
+        if (step + 1 == b->warmup)
+            b->faults0 = minor_faults();
     }
     *loss_out = sum / (double)batch;
 done:
@@ -295,6 +308,7 @@ int main(int argc, char **argv)
     fc.epochs = (total + per_epoch - 1) / per_epoch;
     fc.steps_limit = total < per_epoch ? total : per_epoch;
     b.cap = fc.epochs * fc.steps_limit;
+    b.warmup = warmup;
     b.t = calloc((size_t)b.cap, sizeof *b.t);
     if (b.t == NULL) {
         rc = err_set(&e, ERR_NOMEM, "step times");
@@ -306,7 +320,7 @@ int main(int argc, char **argv)
     if (strcmp(loop, "engine") == 0) {
         last.n = 1;
         snprintf(last.names[0], sizeof last.names[0], "loss");
-        if ((rc = engine_loop(m, xs, ys, batch, (uint64_t)seed, total, b.t, &last.values[0], &e)) !=
+        if ((rc = engine_loop(m, xs, ys, batch, (uint64_t)seed, total, &b, &last.values[0], &e)) !=
             ERR_OK)
             goto done;
         b.n = total;
@@ -318,6 +332,7 @@ int main(int argc, char **argv)
             goto done;
     }
     double t_all = now_s() - t_start;
+    double faults = (double)(minor_faults() - b.faults0) / (double)(b.n - warmup);
     if (b.n < total) {
         rc = err_set(&e, ERR_INTERNAL, "fit_train ran %lld steps, expected at least %lld",
                      (long long)b.n, (long long)total);
@@ -344,11 +359,11 @@ int main(int argc, char **argv)
     double data_frac = b.timing.step_s > 0 ? b.timing.data_s / b.timing.step_s : 0;
     printf("RESULT impl=cornu loop=%s model=%s threads=%lld batch=%lld steps=%lld windows=%lld "
            "samples_per_s=%.2f median_samples_per_s=%.2f step_ms=%.4f data_frac=%.4f "
-           "peak_rss_mb=%.1f params=%zu loss=%.4f total_s=%.2f\n",
+           "peak_rss_mb=%.1f faults_per_step=%.1f params=%zu loss=%.4f total_s=%.2f\n",
            loop, model_arg, (long long)threads, (long long)batch, (long long)steps,
            (long long)windows, (double)(steps * batch) / best, (double)(steps * batch) / median,
-           1e3 * best / (double)steps, data_frac, (double)ru.ru_maxrss / 1024.0, m->n_params,
-           loss_v, t_all);
+           1e3 * best / (double)steps, data_frac, (double)ru.ru_maxrss / 1024.0, faults,
+           m->n_params, loss_v, t_all);
     if (!isfinite(loss_v)) {
         rc = err_set(&e, ERR_NUMERIC, "training loss is %g", loss_v);
         goto done;
