@@ -247,8 +247,10 @@ static void grad_scale(act_kind k, int64_t n, const float *x, const float *y, co
         if (dx != dy)
             memcpy(dx, dy, sizeof(float) * (size_t)n);
     } else if (k == ACT_RELU) {
+        /* A multiply by the 0/1 mask instead of a select: branch-free and vectorised even when
+         * dx aliases dy (the fused Dense backward works in place). */
         for (int64_t i = 0; i < n; i++)
-            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+            dx[i] = dy[i] * (float)(y[i] > 0.0f);
     } else if (kern_act_backward_needs_x(k)) {
         for (int64_t i = 0; i < n; i++)
             dx[i] = dy[i] * act_grad_scalar(k, x[i], 0.0f);
