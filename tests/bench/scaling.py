@@ -30,6 +30,8 @@ few steps; the first epoch is warm-up), and the best window over all repetitions
 machine is shared, and the best window is the one least disturbed by other processes. With each
 number the runner records the 1-minute load average when its process started and the CPU time
 other processes used while it ran ("foreign cores": 0 = a quiet machine, 2 = both cores taken).
+Before each measurement it waits (up to --settle seconds) for a moment when other processes use
+less than --quiet-cores, so that measurements fall into the machine's quieter periods.
 
 --smoke runs a few steps of everything (well under a minute): it fails when a program fails,
 never on the targets. Exit status: 0, 1 (a program failed), 77 (Fashion-MNIST missing, smoke
