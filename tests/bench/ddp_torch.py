@@ -154,8 +154,13 @@ def worker(args):
               f"step_ms={1e3 * best / args.steps:.4f} loss={loss_v:.4f} torch={torch.__version__}",
               flush=True)
     dist.barrier()
-    dist.destroy_process_group()
-    return 0 if np.isfinite(loss_v) else 1
+    # Leave without tearing anything down: with PyTorch 1.13, destroying the DDP module or the
+    # gloo process group (at destroy_process_group(), or when this function's locals go away)
+    # sometimes hangs forever joining gloo's threads once the other rank has gone. Everything
+    # is printed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if np.isfinite(loss_v) else 1)
 
 
 def main():
@@ -179,12 +184,7 @@ def main():
         ap.error("--nprocs, --per-rank-batch, --steps and --windows must be >= 1")
     if not args.worker:
         return parent(args)
-    rc = worker(args)
-    # The interpreter's normal exit sometimes hangs joining torch's gloo threads (seen with
-    # PyTorch 1.13 when ranks are pinned): everything is printed, so leave at once.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc)
+    return worker(args)  # does not return: see its end
 
 
 if __name__ == "__main__":
