@@ -73,6 +73,13 @@ FULL = {"mlp": {"cornu": (13, 10), "torch": (10, 10, 8)},
         "cnn": {"cornu": (9, 5), "torch": (3, 4, 4)}}
 SMOKE = {"mlp": {"cornu": (2, 2), "torch": (1, 2, 1)},
          "cnn": {"cornu": (2, 2), "torch": (1, 1, 1)}}
+# scaling_step (warm-up steps, steps, window) per model.
+PROBE = {"mlp": (5, 60, 10), "cnn": (3, 20, 5)}
+PROBE_SMOKE = (1, 4, 2)
+# glibc malloc settings under which freed memory stays in the heap (tests/bench/run uses the same
+# for PyTorch): Open MPI's non-blocking allreduce allocates a bucket-sized temporary buffer per
+# call, and with glibc's defaults the heap is trimmed and re-faulted every step.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 # The 25M-parameter model of the cost model and the cluster links docs/cluster.md assumes.
@@ -219,6 +226,8 @@ class Bench:
                                                       "scaling_comm")
         self.gemm = args.bench_gemm or os.path.join(args.build_dir, "tests", "bench",
                                                     "bench_gemm")
+        self.step = args.scaling_step or os.path.join(args.build_dir, "tests", "bench",
+                                                      "scaling_step")
         self.mpirun = ["mpirun", "-np", "2", "--oversubscribe"] + (
             ["--bind-to", "none"] if args.bind == "none" else [])
         self.runs = {}  # key -> list of {"wins"| results, "meter"}
@@ -319,6 +328,18 @@ class Bench:
                                 ",".join(f"{b:g}" for b in self.buckets()), "--reps",
                                 "5" if self.args.smoke else "100", "--sweep"], MPI_ENV, self.log)
         self.add(("comm",), {"res": results_of(p.wait(600)), **m.stop()})
+
+    def run_probe(self, model, mb, tunables):
+        """tests/bench/scaling_step: the 2x1 weak step with every communication call timed;
+        with tunables, under the glibc malloc settings that stop per-step page faults."""
+        wu, st, wi = PROBE_SMOKE if self.args.smoke else PROBE[model]
+        self.settle()
+        m = Meter()
+        env = ["-x", f"GLIBC_TUNABLES={MALLOC_TUNABLES}"] if tunables else []
+        p = Proc(self.mpirun + env + [self.step, "--model", model, "--per-rank-batch", str(BATCH),
+                                      "--bucket-mb", f"{mb:g}", "--warmup", str(wu), "--steps",
+                                      str(st), "--window", str(wi)], MPI_ENV, self.log)
+        self.add((model, "probe", mb, tunables), {"res": results_of(p.wait(600)), **m.stop()})
 
     def buckets(self):
         return BUCKETS_SMOKE if self.args.smoke else BUCKETS_FULL
@@ -424,6 +445,7 @@ def main():
     ap.add_argument("--cornu", help="the cornu executable (default: in --build-dir)")
     ap.add_argument("--scaling-comm", help="scaling_comm executable (default: in --build-dir)")
     ap.add_argument("--bench-gemm", help="bench_gemm executable (default: in --build-dir)")
+    ap.add_argument("--scaling-step", help="scaling_step executable (default: in --build-dir)")
     ap.add_argument("--reps", type=int, default=4, help="repetitions (best window is kept)")
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--bind", choices=["core", "none"], default="core",
@@ -442,10 +464,10 @@ def main():
         args.settle = 0.0 if args.smoke else 30.0
 
     b = Bench(args, open(args.log, "w") if args.log else open(os.devnull, "w"))
-    for path in (b.cornu, b.comm, b.gemm):
+    for path in (b.cornu, b.comm, b.gemm, b.step):
         if not os.access(path, os.X_OK):
             print(f"scaling: {path} not found: build it first (cmake --build {args.build_dir} "
-                  f"--target cornu scaling_comm bench_gemm), or pass --build-dir", file=sys.stderr)
+                  f"--target cornu scaling_comm scaling_step bench_gemm), or pass --build-dir", file=sys.stderr)
             return 1
     if not any(os.path.exists(os.path.join(FASHION, "train-images-idx3-ubyte" + s))
                for s in (".gz", "")):
@@ -499,6 +521,9 @@ def main():
                     if mb != default_mb:  # the default is the weak-scaling run itself
                         b.run_dist(m, ("bucket", mb), ["--per-rank-batch", str(BATCH),
                                                         "--bucket-mb", f"{mb:g}"])
+                for mb in b.buckets():
+                    b.run_probe(m, mb, False)
+                    b.run_probe(m, mb, True)
                 b.run_gemm(m)
                 if torch_ok:
                     b.tolerant(b.run_ddp, m)
@@ -597,37 +622,50 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
           f"strong-scaling speedup {strong:.2f}x ({strong / ceil:.1%} of the ceiling)")
 
     # ---- where the 2x1 step goes ----
+    def probe(m, mb, tun):
+        """(exposed: min over repetitions of the median step's exposed communication, record)"""
+        best = None
+        for rec in b.runs.get((m, "probe", mb, tun), []):
+            for r in rec["res"]:
+                if r.get("kind") == "exposed" and (best is None or
+                                                   r["last_median_ms"] < best[0]["last_median_ms"]):
+                    best = (r, rec)
+        return best
+
+    def probe_ranks(rec, kind="median"):
+        return [r for r in rec["res"] if r.get("kind") == kind]
+
+    dmb = default_mb if default_mb in b.buckets() else b.buckets()[-1]
     p("")
-    p("2. Gradient communication per step (2x1 weak, best window; per rank: compute + exposed "
-      "comm + data = step, allreduce in flight)")
-    for m in models:
-        rw = res[m][2]
-        for k, r in enumerate(rw["ranks"]):
-            p(f"   {m} rank {k}: step {r[0]:.2f} = compute {r[1]:.2f} + exposed {r[2]:.2f} + "
-              f"data {r[3]:.2f} ms, in flight {r[4]:.2f} ms")
+    p(f"2. Gradient communication per step (2x1 weak, {dmb:g} MB buckets), all in ms")
     p("   plain = one blocking MPI_Allreduce of the gradient bytes; reducer = cornu's bucketed "
-      "reducer alone on the same bytes, nothing to overlap (both: scaling_comm, best of the "
+      "reducer alone on the same bytes, nothing to overlap (scaling_comm, best of the "
       "interleaved repetitions)")
+    p("   exposed = time the rank that reached the update last spent in gradient communication "
+      "(comm_reducer_ready + comm_reducer_finish; scaling_step, median step, best repetition); "
+      "cost vs ceiling = 2x1 weak step - pair step")
     for m in models:
         n = MODELS[m][1]
         pl = plain[m]["best_us"] / 1e3
-        mb = default_mb if default_mb in reducer[m] else b.buckets()[-1]
-        rd = reducer[m][mb]
-        rw = res[m][2]
-        # The rank that reached finish last waited only for the communication itself; the other
-        # rank's exposed time also holds its wait for the slower rank.
-        exp_min = min(r[2] for r in rw["ranks"])
-        exp_max = max(r[2] for r in rw["ranks"])
-        infl = min(r[4] for r in rw["ranks"])
-        hidden = 1 - exp_min / pl
+        rd = reducer[m][dmb]
+        pe = probe(m, dmb, False)
+        exp = pe[0]["last_median_ms"]
+        hidden = 1 - exp / pl
         cost = rd["best_us"] / 1e3 / pl
-        data[m].update({"plain_ms": pl, "reducer_ms": rd["best_us"] / 1e3, "exposed_ms": exp_min,
-                        "exposed_max_ms": exp_max, "inflight_ms": infl, "hidden": hidden,
-                        "comm_cost_ratio": cost})
-        p(f"   {m}: {n} floats = {4 * n / 1e6:.2f} MB: plain {pl:.3f} ms {ld(plain[m])}; "
-          f"reducer at {mb:g} MB ({int(rd['buckets'])} bucket(s)) {rd['best_us'] / 1e3:.3f} ms")
-        p(f"        exposed comm {exp_min:.3f} ms (the rank that arrived last; the other: "
-          f"{exp_max:.3f} ms), in flight {infl:.3f} ms")
+        over = res[m][2]["step_ms"] - res[m][1]["step_ms"]
+        data[m].update({"plain_ms": pl, "reducer_ms": rd["best_us"] / 1e3, "exposed_ms": exp,
+                        "hidden": hidden, "comm_cost_ratio": cost, "cost_vs_ceiling_ms": over})
+        p(f"   {m}: {n} floats = {4 * n / 1e6:.2f} MB in {int(rd['buckets'])} bucket(s): plain "
+          f"{pl:.3f} {ld(plain[m])}, reducer {rd['best_us'] / 1e3:.3f}; exposed {exp:.3f} "
+          f"{ld(pe[1])}; cost vs ceiling {over:.2f}")
+        for r in probe_ranks(pe[1]):
+            p(f"        rank {int(r['rank'])} median step {r['step_ms']:.3f}: ready "
+              f"{r['ready_ms']:.3f} (last call {r['last_ms']:.3f}) + finish {r['finish_ms']:.3f}"
+              f"; agree {r['agree_ms']:.3f}, metrics sum {r['sum_ms']:.3f}")
+        for k, r in enumerate(res[m][2]["ranks"]):
+            p(f"        cornu train --verbose-ranks, rank {k}: compute {r[1]:.2f} + exposed comm "
+              f"{r[2]:.2f} + data {r[3]:.2f} = step {r[0]:.2f}, in flight {r[4]:.2f} (ready "
+              f"calls count as compute there)")
         p(f"        hidden by bucketing and overlap: 1 - exposed/plain = {hidden:.0%} (target >= "
           f"{HIDE_TARGET:.0%}) {verdict(hidden >= HIDE_TARGET)}; total communication cost "
           f"reducer/plain = {cost:.2f}x (target <= {COMM_COST_TARGET}x) "
@@ -673,24 +711,27 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
 
     # ---- bucket sweep ----
     p("")
-    p(f"4. --bucket-mb sweep (2x1 weak; step and exposed comm of the best window, ms; reducer "
-      f"alone, ms); default {default_mb:g} MB" if default_mb else "4. --bucket-mb sweep")
-    p("   " + f"{'MB':>6}" + "".join(f"{m + ' buckets':>13}{'step':>8}{'exposed':>9}"
-                                   f"{'in flight':>10}{'reducer':>9}" for m in models))
+    p(f"4. --bucket-mb sweep, 2x1 weak (ms): cornu train step (best window); scaling_step "
+      f"median step and exposed communication, as is and with GLIBC_TUNABLES={MALLOC_TUNABLES}"
+      + (f"; default {default_mb:g} MB" if default_mb else ""))
     sweep = {}
-    for mb in b.buckets():
-        line = f"   {mb:>6g}"
-        for m in models:
+    for m in models:
+        p(f"   {m}: {'MB':>6}{'buckets':>9}{'step':>8}{'probe step':>12}{'exposed':>9}"
+          f"{'malloc-fixed step':>19}{'exposed':>9}{'reducer alone':>15}")
+        for mb in b.buckets():
             w = best_window(b.runs[(m, ("bucket", mb) if mb != default_mb else "weak")])
             nb = math.ceil(4 * MODELS[m][1] / (mb * 1024 * 1024))
-            rd = reducer[m][mb]
-            sweep[(m, mb)] = w["step_ms"]
-            line += (f"{nb:>13}{w['step_ms']:>8.2f}{min(r[2] for r in w['ranks']):>9.3f}"
-                     f"{min(r[4] for r in w['ranks']):>10.3f}{rd['best_us'] / 1e3:>9.3f}")
-        p(line)
+            cols = []
+            for tun in (False, True):
+                pe = probe(m, mb, tun)
+                cols.append((max(r["step_ms"] for r in probe_ranks(pe[1])),
+                             pe[0]["last_median_ms"]))
+            sweep[(m, mb)] = {"step": w["step_ms"], "probe": cols[0], "fixed": cols[1]}
+            p(f"        {mb:>6g}{nb:>9}{w['step_ms']:>8.2f}{cols[0][0]:>12.2f}{cols[0][1]:>9.3f}"
+              f"{cols[1][0]:>19.2f}{cols[1][1]:>9.3f}{reducer[m][mb]['best_us'] / 1e3:>15.3f}")
     data["sweep"] = {f"{m}/{mb:g}": v for (m, mb), v in sweep.items()}
-    best = {m: min(b.buckets(), key=lambda mb: sweep[(m, mb)]) for m in models}
-    p("   fastest: " + ", ".join(f"{m} {best[m]:g} MB" for m in models) +
+    best = {m: min(b.buckets(), key=lambda mb: sweep[(m, mb)]["step"]) for m in models}
+    p("   fastest cornu train step: " + ", ".join(f"{m} {best[m]:g} MB" for m in models) +
       " (buckets >= the gradient size are all one bucket: their spread is noise)")
 
     # ---- cost model ----
