@@ -11,6 +11,7 @@ struct dist {
     comm_reducer *red;
     fit_comm comm;
     double prev_inflight; /* reducer's cumulative in-flight time at the previous epoch end */
+    double prev_ready;    /* reducer's cumulative time in ready hooks at the previous epoch end */
 };
 
 int dist_env_is_root(void)
@@ -193,6 +194,12 @@ void dist_on_epoch(void *ctx, int64_t epoch, int64_t epochs, int64_t steps, cons
         comm_reducer_stats(p->d->red, &exposed, &total);
         mine[4] = total - p->d->prev_inflight;
         p->d->prev_inflight = total;
+        /* Time in the ready hooks ran inside backward, so the fit loop counted it as compute;
+         * it is communication the rank did instead of computing: move it to exposed. */
+        double ready = comm_reducer_ready_time(p->d->red);
+        mine[1] -= ready - p->d->prev_ready;
+        mine[2] += ready - p->d->prev_ready;
+        p->d->prev_ready = ready;
     }
     double *all = rt_rank(r) == 0 ? malloc(sizeof(double) * 5 * (size_t)size) : NULL;
     if (size > 1)

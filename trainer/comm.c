@@ -192,6 +192,7 @@ struct comm_reducer {
     bool active;          /* between begin and finish */
     double t_first, t_complete;
     double exposed_s, total_s;
+    double ready_s; /* cumulative time inside comm_reducer_ready (MPI starts and progress) */
 };
 
 size_t comm_reducer_buckets(const comm_reducer *c)
@@ -344,6 +345,7 @@ int comm_reducer_ready(comm_reducer *c, size_t lo, size_t hi, err_info *e)
     CHECK(lo <= hi && hi <= c->n);
     if (rt_failed(c->r))
         return rt_failure(c->r, e);
+    double t0 = MPI_Wtime();
     if (lo < hi) {
         /* Buckets count from the end: element x is in bucket (n - 1 - x) / per. */
         size_t first = (c->n - hi) / c->per, last = (c->n - 1 - lo) / c->per;
@@ -365,7 +367,9 @@ int comm_reducer_ready(comm_reducer *c, size_t lo, size_t hi, err_info *e)
         if ((rc = comm__start(c, e)) != ERR_OK)
             return rc;
     }
-    return comm__progress(c, e);
+    rc = comm__progress(c, e);
+    c->ready_s += MPI_Wtime() - t0;
+    return rc;
 }
 
 int comm_reducer_finish(comm_reducer *c, err_info *e)
@@ -404,4 +408,9 @@ void comm_reducer_stats(const comm_reducer *c, double *exposed_s, double *total_
         *exposed_s = c->exposed_s;
     if (total_s != NULL)
         *total_s = c->total_s;
+}
+
+double comm_reducer_ready_time(const comm_reducer *c)
+{
+    return c->ready_s;
 }

@@ -69,5 +69,9 @@ int comm_reducer_finish(comm_reducer *c, err_info *e);
  * communication the step could not hide), *total_s the time from each step's first bucket start
  * to the moment all its buckets were seen complete. Either pointer may be NULL. */
 void comm_reducer_stats(const comm_reducer *c, double *exposed_s, double *total_s);
+/* Cumulative time spent inside comm_reducer_ready() over all steps: starting buckets and moving
+ * them forward while backward runs. It is communication work the rank did instead of computing,
+ * so timing reports count it as exposed communication, not as compute. */
+double comm_reducer_ready_time(const comm_reducer *c);
 
 #endif

@@ -664,8 +664,8 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
               f"; agree {r['agree_ms']:.3f}, metrics sum {r['sum_ms']:.3f}")
         for k, r in enumerate(res[m][2]["ranks"]):
             p(f"        cornu train --verbose-ranks, rank {k}: compute {r[1]:.2f} + exposed comm "
-              f"{r[2]:.2f} + data {r[3]:.2f} = step {r[0]:.2f}, in flight {r[4]:.2f} (ready "
-              f"calls count as compute there)")
+              f"{r[2]:.2f} + data {r[3]:.2f} = step {r[0]:.2f}, in flight {r[4]:.2f} (exposed "
+              f"= finish + agreement + time in ready calls)")
         p(f"        hidden by bucketing and overlap: 1 - exposed/plain = {hidden:.0%} (target >= "
           f"{HIDE_TARGET:.0%}) {verdict(hidden >= HIDE_TARGET)}; total communication cost "
           f"reducer/plain = {cost:.2f}x (target <= {COMM_COST_TARGET}x) "
