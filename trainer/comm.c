@@ -1,5 +1,7 @@
 #include "trainer/comm.h"
 
+#include "trainer/comm_impl.h"
+
 #include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -193,6 +195,7 @@ struct comm_reducer {
     double t_first, t_complete;
     double exposed_s, total_s;
     double ready_s; /* cumulative time inside comm_reducer_ready (MPI starts and progress) */
+    comm__shm *shm; /* non-NULL: the gradient is summed in node-shared memory (comm_shm.c) */
 };
 
 size_t comm_reducer_buckets(const comm_reducer *c)
@@ -212,50 +215,53 @@ void comm_reducer_destroy(comm_reducer *c)
 {
     if (c == NULL)
         return;
+    comm__shm_destroy(c->shm);
     free(c->covered);
     free(c->req);
     free(c);
 }
 
-int comm_reducer_create(rt *r, float *buf, size_t n, size_t bucket_bytes, comm_reducer **out,
-                        err_info *e)
+/* Allocates the reducer's bookkeeping (no communication). */
+static int reducer_alloc(rt *r, float *buf, size_t n, size_t bucket_bytes, comm_reducer **out,
+                         err_info *e)
 {
     comm_reducer *c = calloc(1, sizeof *c);
-    int rc = ERR_OK;
     size_t per = bucket_bytes / sizeof(float);
     if (per == 0)
         per = 1;
     if (per > (size_t)INT_MAX) /* MPI counts are int */
         per = (size_t)INT_MAX;
     size_t nb = n / per + (n % per != 0);
-    if (c == NULL) {
-        rc = err_set(e, ERR_NOMEM, "gradient reducer");
-    } else {
-        c->r = r;
-        c->buf = buf;
-        c->n = n;
-        c->per = per;
-        c->nb = nb;
-        c->covered = calloc(nb > 0 ? nb : 1, sizeof *c->covered);
-        c->req = malloc((nb > 0 ? nb : 1) * sizeof *c->req);
-        if (c->covered == NULL || c->req == NULL)
-            rc = err_set(e, ERR_NOMEM, "gradient reducer: %zu buckets", nb);
-        else
-            for (size_t i = 0; i < nb; i++)
-                c->req[i] = MPI_REQUEST_NULL;
+    if (c == NULL)
+        return err_set(e, ERR_NOMEM, "gradient reducer");
+    c->r = r;
+    c->buf = buf;
+    c->n = n;
+    c->per = per;
+    c->nb = nb;
+    c->covered = calloc(nb > 0 ? nb : 1, sizeof *c->covered);
+    c->req = malloc((nb > 0 ? nb : 1) * sizeof *c->req);
+    if (c->covered == NULL || c->req == NULL) {
+        comm_reducer_destroy(c);
+        return err_set(e, ERR_NOMEM, "gradient reducer: %zu buckets", nb);
     }
-    if ((rc = comm_agree(r, rc, e)) != ERR_OK)
-        goto done;
+    for (size_t i = 0; i < nb; i++)
+        c->req[i] = MPI_REQUEST_NULL;
+    *out = c;
+    return ERR_OK;
+}
 
-    /* The buckets must be identical on every rank or the reductions pair up wrong pieces of
-     * the buffer (or hang on a count mismatch): compare everyone's layout with rank 0's. */
+/* Collective. The buckets must be identical on every rank or the reductions pair up wrong
+ * pieces of the buffer (or hang on a count mismatch): compare everyone's layout with rank 0's. */
+static int check_layout(rt *r, size_t n, size_t bucket_bytes, err_info *e)
+{
     int size = rt_size(r);
     int64_t mine[2] = {(int64_t)n, (int64_t)bucket_bytes};
     int64_t *all = malloc((size_t)size * sizeof mine);
-    rc = all == NULL ? err_set(e, ERR_NOMEM, "gradient reducer: layouts of %d ranks", size) : 0;
+    int rc = all == NULL ? err_set(e, ERR_NOMEM, "gradient reducer: layouts of %d ranks", size) : 0;
     if ((rc = comm_agree(r, rc, e)) != ERR_OK) {
         free(all);
-        goto done;
+        return rc;
     }
     MPI_Request req = MPI_REQUEST_NULL;
     int mrc = MPI_Iallgather(mine, 2, MPI_INT64_T, all, 2, MPI_INT64_T, rt_comm(r), &req);
@@ -272,13 +278,53 @@ int comm_reducer_create(rt *r, float *buf, size_t n, size_t bucket_bytes, comm_r
                          (long long)all[1]);
     }
     free(all);
-    if (rc != ERR_OK)
-        goto done;
-    *out = c;
-    c = NULL;
-done:
-    comm_reducer_destroy(c);
     return rc;
+}
+
+int comm_reducer_create(rt *r, float *buf, size_t n, size_t bucket_bytes, comm_reducer **out,
+                        err_info *e)
+{
+    comm_reducer *c = NULL;
+    int rc = reducer_alloc(r, buf, n, bucket_bytes, &c, e);
+    if ((rc = comm_agree(r, rc, e)) == ERR_OK)
+        rc = check_layout(r, n, bucket_bytes, e);
+    if (rc != ERR_OK) {
+        comm_reducer_destroy(c);
+        return rc;
+    }
+    *out = c;
+    return ERR_OK;
+}
+
+int comm_reducer_create_shm(rt *r, size_t n, size_t bucket_bytes, int node_ranks,
+                            comm_reducer **out, err_info *e)
+{
+    comm_reducer *c = NULL;
+    int rc = reducer_alloc(r, NULL, n, bucket_bytes, &c, e);
+    if ((rc = comm_agree(r, rc, e)) == ERR_OK)
+        rc = check_layout(r, n, bucket_bytes, e);
+    if (rc == ERR_OK)
+        rc = comm__shm_create(r, n, c->per, c->nb, node_ranks, &c->shm, e);
+    if (rc != ERR_OK) {
+        comm_reducer_destroy(c);
+        return rc;
+    }
+    c->buf = comm__shm_buffer(c->shm);
+    *out = c;
+    return ERR_OK;
+}
+
+float *comm_reducer_buffer(comm_reducer *c)
+{
+    return c->buf;
+}
+
+bool comm_reducer_is_shm(const comm_reducer *c, int *local_size, int *nodes)
+{
+    if (c->shm == NULL)
+        return false;
+    comm__shm_layout(c->shm, local_size, nodes);
+    return true;
 }
 
 int comm_reducer_begin(comm_reducer *c, err_info *e)
@@ -287,11 +333,13 @@ int comm_reducer_begin(comm_reducer *c, err_info *e)
     if (rt_failed(c->r))
         return rt_failure(c->r, e);
     memset(c->covered, 0, (c->nb > 0 ? c->nb : 1) * sizeof *c->covered);
+    c->active = true;
+    if (c->shm != NULL)
+        return comm__shm_begin(c->shm, e);
     c->started = 0;
     c->done = 0;
     c->t_first = 0;
     c->t_complete = 0;
-    c->active = true;
     return ERR_OK;
 }
 
@@ -359,6 +407,11 @@ int comm_reducer_ready(comm_reducer *c, size_t lo, size_t hi, err_info *e)
         }
     }
     int rc;
+    if (c->shm != NULL) {
+        rc = comm__shm_ready(c->shm, c->covered, e);
+        c->ready_s += MPI_Wtime() - t0;
+        return rc;
+    }
     while (c->started < c->nb) {
         size_t blo = 0, bhi = 0;
         comm_reducer_bucket_range(c, c->started, &blo, &bhi);
@@ -380,6 +433,16 @@ int comm_reducer_finish(comm_reducer *c, err_info *e)
         return rt_failure(c->r, e);
     double t0 = MPI_Wtime();
     int rc;
+    if (c->shm != NULL) {
+        if ((rc = comm__shm_finish(c->shm, e)) != ERR_OK)
+            return rc;
+        c->exposed_s += MPI_Wtime() - t0;
+        double first = 0, complete = 0;
+        comm__shm_times(c->shm, &first, &complete);
+        if (c->nb > 0)
+            c->total_s += complete - first;
+        return ERR_OK;
+    }
     while (c->started < c->nb)
         if ((rc = comm__start(c, e)) != ERR_OK)
             return rc;

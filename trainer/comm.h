@@ -8,6 +8,7 @@
  * then failed (rt_finalize() aborts the job with the message). All functions marked collective
  * must be called by every rank of rt_comm(r), in the same order. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,7 +39,28 @@ typedef struct comm_reducer comm_reducer;
  * naming both ranks' values. On success *out owns the reducer. */
 int comm_reducer_create(rt *r, float *buf, size_t n, size_t bucket_bytes, comm_reducer **out,
                         err_info *e);
+
+/* Collective. The same reducer, but the gradient lives in node-shared memory that the reducer
+ * allocates (an MPI-3 shared window; comm_reducer_buffer() returns this rank's part, n floats,
+ * zeroed): backward must write its gradients there (layer_net_set_grads), and after finish it
+ * holds the sum over ranks, identical on every rank. Each bucket is summed by one rank of its
+ * node (bucket b by local rank b % ranks-per-node) reading the other ranks' memory directly, in
+ * local-rank order, then, with several nodes, by an MPI_Iallreduce among the ranks with the same
+ * local rank on every node; no message moves within a node (trainer/comm_shm.c explains the
+ * protocol). node_ranks = 0 groups ranks by the node they run on (MPI_COMM_TYPE_SHARED);
+ * node_ranks = k > 0 treats each k consecutive ranks as one node (they must share memory), which
+ * lets one machine exercise the path between nodes. Every node needs the same number of ranks
+ * (else ERR_UNSUPPORTED, on every rank). Begin, ready and finish behave as for the MPI reducer,
+ * except that ready never calls MPI within a node and finish waits on the other ranks' progress
+ * counters with the comm timeout (ERR_PEER naming the bucket and the ranks it waits for). */
+int comm_reducer_create_shm(rt *r, size_t n, size_t bucket_bytes, int node_ranks,
+                            comm_reducer **out, err_info *e);
 void comm_reducer_destroy(comm_reducer *c);
+/* The reduced buffer: the one given to comm_reducer_create(), or the shared one. Borrowed. */
+float *comm_reducer_buffer(comm_reducer *c);
+/* True for a shared-memory reducer; then *local_size and *nodes (either may be NULL) give the
+ * ranks per node and the number of nodes. */
+bool comm_reducer_is_shm(const comm_reducer *c, int *local_size, int *nodes);
 
 /* Number of buckets and the element range [*lo, *hi) of bucket i. */
 size_t comm_reducer_buckets(const comm_reducer *c);

@@ -1,6 +1,7 @@
-/* The bucketed gradient reducer under real mpirun (1..4 ranks): sums against a plain
- * MPI_Allreduce for awkward sizes (n not a multiple of the bucket, bucket larger than n, n = 1,
- * one-element buckets), every way of reporting ready ranges (one call, arbitrary decreasing
+/* The bucketed gradient reducer under real mpirun (1..4 ranks), the MPI one and (with
+ * --shm K) the node-shared-memory one, K ranks per simulated node (0 = real nodes): sums against a
+ * plain MPI_Allreduce for awkward sizes (n not a multiple of the bucket, bucket larger than n, n =
+ * 1, one-element buckets), every way of reporting ready ranges (one call, arbitrary decreasing
  * chunks that differ between ranks, increasing chunks, partial, none), several steps on one
  * reducer, identical results on every rank, the bucket layout and the layout mismatch error. */
 
@@ -21,6 +22,16 @@ static const char *const READY_NAMES[READY_N] = {"all",  "down-random", "up",
 static float value_int(size_t i, int rank, int step)
 {
     return (float)((long)((i * 7 + (size_t)rank * 13 + (size_t)step * 5) % 101) - 50);
+}
+
+/* -1: comm_reducer_create (MPI); else comm_reducer_create_shm with this node_ranks. */
+static int g_shm = -1;
+
+static int create(rt *r, float *buf, size_t n, size_t bucket_bytes, comm_reducer **c, err_info *e)
+{
+    if (g_shm < 0)
+        return comm_reducer_create(r, buf, n, bucket_bytes, c, e);
+    return comm_reducer_create_shm(r, n, bucket_bytes, g_shm, c, e);
 }
 
 static uint64_t fnv(const float *x, size_t n)
@@ -95,14 +106,17 @@ static void run_case(rt *r, size_t n, size_t bucket_bytes, int how)
 {
     int rank = rt_rank(r), size = rt_size(r);
     err_info e = {ERR_OK, ""};
-    float *buf = malloc((n > 0 ? n : 1) * sizeof *buf);
+    float *own = malloc((n > 0 ? n : 1) * sizeof *own);
     float *ref = malloc((n > 0 ? n : 1) * sizeof *ref);
     comm_reducer *c = NULL;
-    CHECK(buf != NULL && ref != NULL);
-    int rc = comm_reducer_create(r, buf, n, bucket_bytes, &c, &e);
+    CHECK(own != NULL && ref != NULL);
+    int rc = create(r, own, n, bucket_bytes, &c, &e);
     EXPECT_MSG(rc == ERR_OK, "create n=%zu bucket=%zu: %s", n, bucket_bytes, e.msg);
     if (rc != ERR_OK)
         goto done;
+    float *buf = comm_reducer_buffer(c);
+    EXPECT(g_shm >= 0 || buf == own);
+    EXPECT(comm_reducer_is_shm(c, NULL, NULL) == (g_shm >= 0));
     check_layout(c, n, bucket_bytes);
     double prev_exposed = 0, prev_total = 0;
     for (int step = 0; step < 3; step++) {
@@ -152,7 +166,7 @@ static void run_case(rt *r, size_t n, size_t bucket_bytes, int how)
     }
 done:
     comm_reducer_destroy(c);
-    free(buf);
+    free(own);
     free(ref);
 }
 
@@ -166,11 +180,43 @@ static void mismatch(rt *r)
     size_t n = rt_rank(r) == 1 ? 11 : 10;
     comm_reducer *c = NULL;
     err_info e = {ERR_OK, ""};
-    int rc = comm_reducer_create(r, buf, n, 8, &c, &e);
+    int rc = create(r, buf, n, 8, &c, &e);
     EXPECT_MSG(rc == ERR_SHAPE, "rc %d: %s", rc, e.msg);
     EXPECT_MSG(strstr(e.msg, "rank 1 has 11 gradients") && strstr(e.msg, "rank 0 has 10"), "%s",
                e.msg);
     EXPECT(c == NULL);
+}
+
+/* Shared memory, node_ranks that do not divide the ranks: nodes of unequal size are refused on
+ * every rank with a message that says why. */
+static void uneven_nodes(rt *r)
+{
+    if (g_shm <= 0 || rt_size(r) % g_shm == 0)
+        return;
+    comm_reducer *c = NULL;
+    err_info e = {ERR_OK, ""};
+    int rc = comm_reducer_create_shm(r, 100, 64, g_shm, &c, &e);
+    EXPECT_MSG(rc == ERR_UNSUPPORTED && strstr(e.msg, "same number of ranks on every node"),
+               "rc %d: %s", rc, e.msg);
+    EXPECT(c == NULL);
+}
+
+/* Shared memory: the layout the reducer reports. */
+static void shm_layout(rt *r)
+{
+    if (g_shm < 0 || (g_shm > 0 && rt_size(r) % g_shm != 0))
+        return;
+    comm_reducer *c = NULL;
+    err_info e = {ERR_OK, ""};
+    int rc = comm_reducer_create_shm(r, 10, 8, g_shm, &c, &e);
+    EXPECT_MSG(rc == ERR_OK, "%s", e.msg);
+    int local = 0, nodes = 0;
+    if (rc == ERR_OK && comm_reducer_is_shm(c, &local, &nodes)) {
+        int want_local = g_shm > 0 ? g_shm : rt_size(r);
+        EXPECT_MSG(local == want_local && nodes == rt_size(r) / want_local, "local %d nodes %d",
+                   local, nodes);
+    }
+    comm_reducer_destroy(c);
 }
 
 int main(int argc, char **argv)
@@ -183,6 +229,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "rt_init: %s\n", e.msg);
         return 1;
     }
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--shm") == 0)
+            g_shm = atoi(argv[i + 1]);
+    bool runnable = g_shm <= 0 || rt_size(r) % g_shm == 0;
     static const struct {
         size_t n, bucket_bytes;
     } cases[] = {
@@ -201,13 +251,16 @@ int main(int argc, char **argv)
         {250000, 1 << 20},
         {0, 64},
     };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+    for (size_t k = 0; runnable && k < sizeof cases / sizeof cases[0]; k++)
         for (int how = 0; how < READY_N; how++) {
             if (how == READY_DOWN_ONE && cases[k].n > 5000)
                 continue; /* one call per element: keep the test fast */
             run_case(r, cases[k].n, cases[k].bucket_bytes, how);
         }
-    mismatch(r);
+    if (runnable)
+        mismatch(r);
+    uneven_nodes(r);
+    shm_layout(r);
     int failed = test_finish();
     int any = 0;
     MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

@@ -3,7 +3,8 @@
  * expect_run.sh, because the job then ends the way a real run would: the survivors'
  * rt_finalize() finds the runtime failed and aborts the job with the timeout message.
  *
- * usage: test_comm_timeout allreduce|reducer|agree TIMEOUT_S
+ * usage: test_comm_timeout allreduce|reducer|reducer_shm|agree TIMEOUT_S
+ * (reducer_shm: the shared-memory reducer, whose message also names the rank it waits for)
  * Each survivor prints "timeout-test rank R: P passed, F failed" before the abort. */
 
 #include "trainer/comm.h"
@@ -31,15 +32,20 @@ int main(int argc, char **argv)
     MPI_Comm surv = MPI_COMM_NULL;
     MPI_Comm_split(MPI_COMM_WORLD, rank == 1, rank, &surv);
 
-    float grads[1000];
+    float own[1000];
     double sums[100];
     for (int i = 0; i < 1000; i++)
-        grads[i] = 1.0f;
+        own[i] = 1.0f;
     for (int i = 0; i < 100; i++)
         sums[i] = 1.0;
     comm_reducer *c = NULL;
-    int rc = comm_reducer_create(r, grads, 1000, 4000, &c, &e);
+    bool shm = strcmp(mode, "reducer_shm") == 0;
+    int rc = shm ? comm_reducer_create_shm(r, 1000, 4000, 0, &c, &e)
+                 : comm_reducer_create(r, own, 1000, 4000, &c, &e);
     CHECK(rc == ERR_OK);
+    float *grads = comm_reducer_buffer(c);
+    for (int i = 0; i < 1000; i++)
+        grads[i] = 1.0f;
     /* A successful round with everyone first, so that connection setup is not timed below. */
     rc = comm_reducer_begin(c, &e);
     if (rc == ERR_OK)
@@ -74,7 +80,10 @@ int main(int argc, char **argv)
             rc = comm_reducer_ready(c, 0, 1000, &e);
         if (rc == ERR_OK)
             rc = comm_reducer_finish(c, &e);
-        where = "gradient bucket 0 of 1 (floats [0, 1000))";
+        where =
+            shm ? "bucket 0 of 1 (floats [0, 1000))" : "gradient bucket 0 of 1 (floats [0, 1000))";
+        if (shm)
+            EXPECT_MSG(strstr(e.msg, "waiting for rank 1") != NULL, "%s", e.msg);
     }
     double dt = MPI_Wtime() - t0;
     char within[64];
