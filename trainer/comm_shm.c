@@ -175,6 +175,8 @@ static int shm_window(comm__shm *s, err_info *e)
     size_t flags = 2 * s->nb * SHM_FLAG_STRIDE * sizeof(int64_t);
     size_t head = (flags + SHM_ALIGN - 1) / SHM_ALIGN * SHM_ALIGN;
     size_t bytes = head + s->n * sizeof(float);
+    if (bytes < 64)
+        bytes = 64; /* an empty gradient still gets a segment: no NULL bases below */
     if (bytes > (size_t)INT64_MAX / 2)
         return err_set(e, ERR_NOMEM, "gradient window of %zu bytes", bytes);
     MPI_Info info;
