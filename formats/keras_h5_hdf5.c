@@ -3,6 +3,7 @@
 #include "formats/keras_h5_impl.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +130,9 @@ done:
 
 int kh5__attr_exists(hid_t obj, const char *name)
 {
+    /* H5Aexists decodes every attribute message of obj: check them first. */
+    if (kh5__ohdr_check(obj, "", NULL) != ERR_OK)
+        return -1;
     htri_t r = H5Aexists(obj, name);
     return r < 0 ? -1 : (int)r;
 }
@@ -291,6 +295,152 @@ static uint64_t le(const unsigned char *p, size_t n)
     for (size_t i = n; i-- > 0;)
         v = v << 8 | p[i];
     return v;
+}
+
+/* Object header message types (HDF5 file format spec, section IV.A.2). */
+#define OH_MSG_DATASPACE 0x0001
+#define OH_MSG_ATTRIBUTE 0x000C
+#define OH_MSG_CONTINUATION 0x0010
+/* More chunks than any Keras object needs; a loop of continuation messages ends here too. */
+#define OH_MAX_CHUNKS 256
+#define OH_MAX_CHUNK_BYTES ((uint64_t)64 << 20)
+
+static uint64_t pad8(uint64_t n)
+{
+    return (n + 7) / 8 * 8;
+}
+
+/* Elements of an encoded dataspace message (body, len); false if it does not parse. */
+static bool dataspace_points(const unsigned char *b, uint64_t len, size_t sizeof_size,
+                             uint64_t *points)
+{
+    if (len < 8)
+        return false;
+    unsigned version = b[0], rank = b[1];
+    uint64_t at = version == 1 ? 8 : 4;
+    if ((version != 1 && version != 2) || rank > 32)
+        return false;
+    if (version == 2 && b[3] == 2) { /* null dataspace */
+        *points = 0;
+        return true;
+    }
+    uint64_t n = 1;
+    for (unsigned i = 0; i < rank; i++) {
+        if (at + sizeof_size > len)
+            return false;
+        uint64_t d = le(b + at, sizeof_size);
+        at += sizeof_size;
+        if (d != 0 && n > UINT64_MAX / d)
+            return false;
+        n *= d;
+    }
+    *points = n;
+    return true;
+}
+
+/* Checks one attribute message body (b, len) the way libhdf5 1.10's H5O_attr_decode will use
+ * it: the name, datatype and dataspace must fit in the message, and so must the value
+ * (elements x element size), which it copies with memcpy without looking at the message size. */
+static bool attr_message_ok(const unsigned char *b, uint64_t len, size_t sizeof_addr,
+                            size_t sizeof_size)
+{
+    if (len < 8)
+        return false;
+    unsigned version = b[0], flags = b[1];
+    uint64_t ns = le(b + 2, 2), dts = le(b + 4, 2), dss = le(b + 6, 2);
+    uint64_t dt_at, ds_at, data_at;
+    if (version == 1) {
+        dt_at = 8 + pad8(ns);
+        ds_at = dt_at + pad8(dts);
+        data_at = ds_at + pad8(dss);
+    } else if (version == 2 || version == 3) {
+        dt_at = (version == 3 ? 9 : 8) + ns;
+        ds_at = dt_at + dts;
+        data_at = ds_at + dss;
+    } else {
+        return false;
+    }
+    if (data_at > len || dts < 8)
+        return false;
+    if (flags & 3) /* shared datatype or dataspace: encoded elsewhere, not checked here */
+        return true;
+    uint64_t points = 0;
+    if (!dataspace_points(b + ds_at, dss, sizeof_size, &points))
+        return false;
+    /* Datatype: class in the low 4 bits of byte 0, element size at byte 4. A variable-length
+     * element is stored on disk as length + global heap address + index. */
+    unsigned cls = b[dt_at] & 0x0f;
+    uint64_t esize = cls == 9 ? 4 + sizeof_addr + 4 : le(b + dt_at + 4, 4);
+    if (esize != 0 && points > (len - data_at) / esize)
+        return false;
+    return true;
+}
+
+int kh5__ohdr_check(hid_t obj, const char *where, err_info *e)
+{
+    raw_file rf;
+    H5O_info_t oi;
+    /* Only the basic fields: they come from the message headers, not from decoding messages. */
+    if (!raw_open(obj, &rf) || H5Oget_info2(obj, &oi, H5O_INFO_BASIC) < 0)
+        return ERR_OK; /* another driver, or nothing to check: libhdf5 decides alone */
+    unsigned char prefix[16];
+    if (!raw_read(&rf, oi.addr, prefix, sizeof prefix))
+        return e ? err_set(e, ERR_FORMAT, "%s: object header outside the file (corrupt file)",
+                           where[0] ? where : "/")
+                 : ERR_FORMAT;
+    if (prefix[0] != 1)
+        return ERR_OK; /* version 2 headers ("OHDR") carry checksums that libhdf5 verifies */
+    uint64_t chunk_addr[OH_MAX_CHUNKS], chunk_len[OH_MAX_CHUNKS];
+    int n_chunks = 1, msg = 0;
+    chunk_addr[0] = oi.addr + 16;
+    chunk_len[0] = le(prefix + 8, 4);
+    int rc = ERR_OK;
+    unsigned char *buf = NULL;
+    for (int c = 0; c < n_chunks && rc == ERR_OK; c++) {
+        free(buf);
+        buf = NULL;
+        uint64_t len = chunk_len[c];
+        if (len > OH_MAX_CHUNK_BYTES || (buf = malloc(len ? len : 1)) == NULL ||
+            !raw_read(&rf, chunk_addr[c], buf, (size_t)len)) {
+            rc = ERR_FORMAT;
+            if (e)
+                err_set(e, ERR_FORMAT,
+                        "%s: object header chunk %d (%llu bytes at %llu) is not inside the file "
+                        "(corrupt file)",
+                        where[0] ? where : "/", c, (unsigned long long)len,
+                        (unsigned long long)chunk_addr[c]);
+            break;
+        }
+        for (uint64_t p = 0; p + 8 <= len; msg++) {
+            unsigned type = (unsigned)le(buf + p, 2);
+            uint64_t size = le(buf + p + 2, 2);
+            unsigned mflags = buf[p + 4];
+            const unsigned char *body = buf + p + 8;
+            bool ok = p + 8 + size <= len;
+            if (ok && type == OH_MSG_ATTRIBUTE && !(mflags & 2))
+                ok = attr_message_ok(body, size, rf.sizeof_addr, rf.sizeof_size);
+            if (ok && type == OH_MSG_CONTINUATION) {
+                ok = size >= rf.sizeof_addr + rf.sizeof_size && n_chunks < OH_MAX_CHUNKS;
+                if (ok) {
+                    chunk_addr[n_chunks] = le(body, rf.sizeof_addr);
+                    chunk_len[n_chunks] = le(body + rf.sizeof_addr, rf.sizeof_size);
+                    n_chunks++;
+                }
+            }
+            if (!ok) {
+                rc = ERR_FORMAT;
+                if (e)
+                    err_set(e, ERR_FORMAT,
+                            "%s: object header message %d (type %u, %llu bytes) is inconsistent "
+                            "(corrupt file)",
+                            where[0] ? where : "/", msg, type, (unsigned long long)size);
+                break;
+            }
+            p += 8 + size;
+        }
+    }
+    free(buf);
+    return rc;
 }
 
 /* One global heap collection, parsed and checked. */
@@ -554,6 +704,9 @@ done:
 
 int kh5__attr_read_strs(hid_t obj, const char *where, const char *name, kh5__strs *out, err_info *e)
 {
+    int crc = kh5__ohdr_check(obj, where, e);
+    if (crc != ERR_OK)
+        return crc;
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
     if (attr < 0)
         return err_set(e, ERR_FORMAT, "%s: attribute %s missing or unreadable", where, name);
@@ -574,6 +727,8 @@ int kh5__attr_read_list(hid_t obj, const char *where, const char *name, kh5__str
     kh5__strs got = {0, NULL};
     int rc = ERR_OK;
     bool found = false;
+    if ((rc = kh5__ohdr_check(obj, where, e)) != ERR_OK)
+        return rc;
     int ex = kh5__attr_exists(obj, name);
     if (ex < 0)
         return err_set(e, ERR_FORMAT, "%s: cannot list attributes", where);
@@ -798,6 +953,14 @@ int kh5__dset_shape(hid_t loc, const char *path, int *rank, int64_t *shape, bool
             err_set(e, ERR_FORMAT, "%s: dtype class %s, expected float", path, type_class_name(tc));
         goto done;
     }
+    /* A corrupted element size would make H5Dread allocate a conversion buffer of
+     * elements x that size before failing. */
+    size_t tsize = H5Tget_size(type);
+    if (tsize != 1 && tsize != 2 && tsize != 4 && tsize != 8) {
+        rc = err_set(e, ERR_FORMAT, "%s: %s elements of %zu bytes (corrupt file?)", path,
+                     type_class_name(tc), tsize);
+        goto done;
+    }
     *is_float = tc == H5T_FLOAT;
 done:
     if (type >= 0)
@@ -890,8 +1053,129 @@ done:
     return rc;
 }
 
+void kh5__raw_free(kh5__raw *r)
+{
+    if (r == NULL)
+        return;
+    for (int i = 0; i < r->n; i++)
+        free(r->s[i].name);
+    free(r->s);
+    r->s = NULL;
+    r->n = r->cap = 0;
+}
+
+/* Datasets smaller than this go through H5Dwrite: deferring them saves nothing. */
+#define RAW_MIN_BYTES ((size_t)64 * 1024)
+
+int kh5__dset_write_raw(hid_t loc, const char *where, const char *path, hid_t mem_type, int rank,
+                        const int64_t *shape, const void *data, kh5__raw *raw, err_info *e)
+{
+    size_t count = 1;
+    for (int i = 0; i < rank; i++)
+        count *= (size_t)shape[i];
+    /* The bytes go to the file unconverted, so the memory type must be the file type. */
+    if (raw == NULL || H5Tequal(mem_type, H5T_NATIVE_FLOAT) <= 0 ||
+        H5Tequal(H5T_NATIVE_FLOAT, H5T_IEEE_F32LE) <= 0 || rank == 0 ||
+        count * sizeof(float) < RAW_MIN_BYTES)
+        return kh5__dset_write(loc, where, path, mem_type, rank, shape, data, e);
+    int rc = ERR_OK;
+    hsize_t dims[TENSOR_MAX_RANK];
+    for (int i = 0; i < rank; i++)
+        dims[i] = (hsize_t)shape[i];
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hid_t d = H5I_INVALID_HID;
+    char name[2 * KH5__PATH_MAX];
+    snprintf(name, sizeof name, "%s/%s", where[1] ? where : "", path);
+    /* Contiguous (the default layout), space allocated at creation so that its offset is known
+     * now, never filled: every byte is written by kh5__raw_flush. */
+    if (space < 0 || lcpl < 0 || dcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
+        H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 ||
+        H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0 ||
+        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0) {
+        rc = err_set(e, ERR_INTERNAL, "%s: cannot set up the dataset", name);
+        goto done;
+    }
+    d = H5Dcreate2(loc, path, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT);
+    haddr_t off = d < 0 ? HADDR_UNDEF : H5Dget_offset(d);
+    if (d < 0 || off == HADDR_UNDEF) {
+        char why[256];
+        kh5__h5_reason(why, sizeof why);
+        rc = err_set(e, ERR_IO, "%s: cannot create dataset (%s)", name, why);
+        goto done;
+    }
+    if (raw->n == raw->cap) {
+        int cap = raw->cap ? 2 * raw->cap : 64;
+        kh5__raw_span *grown = realloc(raw->s, (size_t)cap * sizeof *grown);
+        if (grown == NULL) {
+            rc = err_set(e, ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        raw->s = grown;
+        raw->cap = cap;
+    }
+    char *copy = malloc(strlen(name) + 1);
+    if (copy == NULL) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    strcpy(copy, name);
+    raw->s[raw->n++] = (kh5__raw_span){(uint64_t)off, data, count * sizeof(float), copy};
+done:
+    if (d >= 0)
+        H5Dclose(d);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (lcpl >= 0)
+        H5Pclose(lcpl);
+    if (space >= 0)
+        H5Sclose(space);
+    return rc;
+}
+
+int kh5__raw_flush(const char *path, const kh5__raw *r, err_info *e)
+{
+    if (r == NULL || r->n == 0)
+        return ERR_OK;
+    int fd = open(path, O_WRONLY);
+    if (fd < 0)
+        return err_set(e, ERR_IO, "cannot reopen %s to write the weights: %s", path,
+                       strerror(errno));
+    int rc = ERR_OK;
+    /* Pieces of KH5__RAW_PIECE bytes rather than one write per dataset: on the VM we measured
+     * (docs/benchmarks.md, ".h5 I/O"), page-cache writes above ~1 MiB cost 4-10x more per byte
+     * than writes of <= 512 KiB (presumably the kernel then uses 2 MiB folios). */
+    for (int i = 0; i < r->n && rc == ERR_OK; i++) {
+        const char *p = r->s[i].data;
+        size_t left = r->s[i].bytes;
+        uint64_t at = r->s[i].offset;
+        while (left > 0) {
+            size_t piece = left < KH5__RAW_PIECE ? left : KH5__RAW_PIECE;
+            ssize_t w = pwrite(fd, p, piece, (off_t)at);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                rc = err_set(e, ERR_IO, "%s: cannot write %zu bytes at offset %llu of %s: %s",
+                             r->s[i].name, piece, (unsigned long long)at, path,
+                             w < 0 ? strerror(errno) : "no progress (disk full?)");
+                break;
+            }
+            p += w;
+            left -= (size_t)w;
+            at += (uint64_t)w;
+        }
+    }
+    if (close(fd) != 0 && rc == ERR_OK)
+        rc = err_set(e, ERR_IO, "cannot close %s: %s (disk full?)", path, strerror(errno));
+    return rc;
+}
+
 int kh5__probe_file(hid_t file, kh5_kind *out, err_info *e)
 {
+    int crc = kh5__ohdr_check(file, "/", e);
+    if (crc != ERR_OK)
+        return crc;
     int mc = kh5__attr_exists(file, "model_config");
     if (mc < 0)
         return err_set(e, ERR_FORMAT, "/: cannot list the root attributes");

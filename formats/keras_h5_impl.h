@@ -45,7 +45,14 @@ int kh5__open_mem(const void *buf, size_t len, hid_t *out, err_info *e);
 /* Kind of an open file (see kh5_probe); ERR_FORMAT if it is no Keras file. */
 int kh5__probe_file(hid_t file, kh5_kind *out, err_info *e);
 
-/* 1 if obj has attribute name, 0 if not, negative on error. */
+/* Checks the version 1 object header of obj (libhdf5 1.10 trusts the sizes inside it): every
+ * message inside its chunk, continuation chunks inside the file, and every attribute message's
+ * name, datatype, dataspace and value inside the message. ERR_FORMAT naming where if not (e may
+ * be NULL); ERR_OK for headers it cannot check (version 2, other file drivers). */
+int kh5__ohdr_check(hid_t obj, const char *where, err_info *e);
+
+/* 1 if obj has attribute name, 0 if not, negative on error (including a corrupt object header,
+ * see kh5__ohdr_check). */
 int kh5__attr_exists(hid_t obj, const char *name);
 /* 1 if a link called path exists below loc (each component checked), 0 if not. */
 int kh5__link_exists(hid_t loc, const char *path);
@@ -84,6 +91,33 @@ int kh5__dset_read_scalar(hid_t loc, const char *path, double *out, err_info *e)
 /* Creates path below loc (intermediate groups as needed) holding data with this shape. */
 int kh5__dset_write(hid_t loc, const char *where, const char *path, hid_t mem_type, int rank,
                     const int64_t *shape, const void *data, err_info *e);
+
+/* Raw data of float32 datasets that libhdf5 only allocated: written by kh5__raw_flush() into
+ * the closed file at the offsets libhdf5 chose (docs/formats/keras-h5.md, "Writing speed"). The
+ * spans borrow the data, which must stay valid until the flush. */
+typedef struct kh5__raw_span {
+    uint64_t offset;  /* byte offset in the file */
+    const void *data; /* borrowed */
+    size_t bytes;
+    char *name; /* owned: the dataset's path, for messages */
+} kh5__raw_span;
+
+typedef struct kh5__raw {
+    int n, cap;
+    kh5__raw_span *s;
+} kh5__raw;
+
+void kh5__raw_free(kh5__raw *r);
+/* Like kh5__dset_write, but when raw is not NULL, mem_type is the native float and that is
+ * IEEE little-endian float32 (the file type), and the data is large, the dataset is created
+ * contiguous with its space allocated at once and its bytes are queued in raw instead of written
+ * (which kh5__raw_flush must do after H5Fclose). Otherwise it is kh5__dset_write. */
+int kh5__dset_write_raw(hid_t loc, const char *where, const char *path, hid_t mem_type, int rank,
+                        const int64_t *shape, const void *data, kh5__raw *raw, err_info *e);
+/* Writes the queued spans into the file at path (closed by libhdf5), in pieces of
+ * KH5__RAW_PIECE bytes. ERR_IO naming the dataset on failure. */
+#define KH5__RAW_PIECE ((size_t)256 * 1024)
+int kh5__raw_flush(const char *path, const kh5__raw *r, err_info *e);
 
 /* ---- reading weights (keras_h5_read.c) ---- */
 
@@ -153,9 +187,10 @@ int kh5__read_optimizer(hid_t file, const kh5__plan *p, model *m, const char *ke
                         const char *training_json, size_t training_len, kh5_warnings *w,
                         err_info *e);
 /* Writes /optimizer_weights for m in the layout tf.keras 2.x loads for the optimizer that
- * training_json (the training_config written with it) describes. */
+ * training_json (the training_config written with it) describes. Slots taken from m->opt go
+ * through raw (see kh5__dset_write_raw; raw may be NULL). */
 int kh5__write_optimizer(hid_t file, const model *m, const char *training_json, size_t training_len,
-                         err_info *e);
+                         kh5__raw *raw, err_info *e);
 
 /* ---- names (keras_h5_write.c) ---- */
 

@@ -411,7 +411,7 @@ typedef struct wentry {
 } wentry;
 
 int kh5__write_optimizer(hid_t file, const model *m, const char *training_json, size_t training_len,
-                         err_info *e)
+                         kh5__raw *raw, err_info *e)
 {
     const model_optim_config *c = &m->train.optim;
     const char *oname = model_optim_name(c->kind);
@@ -524,8 +524,10 @@ int kh5__write_optimizer(hid_t file, const model *m, const char *training_json, 
     if ((rc = kh5__attr_write_list(g, "/optimizer_weights", "weight_names", n, names, e)) != ERR_OK)
         goto done;
     for (int i = 0; i < n && rc == ERR_OK; i++)
-        rc = kh5__dset_write(g, "/optimizer_weights", ent[i].name, ent[i].type, ent[i].rank,
-                             ent[i].shape, ent[i].data, e);
+        /* fresh is freed below, before the raw spans are flushed: write it now. */
+        rc = kh5__dset_write_raw(g, "/optimizer_weights", ent[i].name, ent[i].type, ent[i].rank,
+                                 ent[i].shape, ent[i].data,
+                                 fresh != NULL && ent[i].data == fresh ? NULL : raw, e);
 done:
     if (g >= 0)
         H5Gclose(g);

@@ -407,6 +407,8 @@ int kh5__plan_weights(hid_t file, const char *gpath, const model *m, kh5__plan *
     }
     /* Keras reads keras_version and backend from the weights group itself; without
      * keras_version it assumes Keras 1 (legacy_h5_format.load_weights_from_hdf5_group). */
+    if ((rc = kh5__ohdr_check(g, where, e)) != ERR_OK)
+        goto done;
     int has_ver = kh5__attr_exists(g, "keras_version");
     int has_be = kh5__attr_exists(g, "backend");
     if (has_ver < 0 || has_be < 0) {
