@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "launch/cli.h"
+#include "launch/crashguard.h"
 #include "launch/dist.h"
 #include "trainer/data.h"
 #include "trainer/init.h"
@@ -29,8 +30,11 @@ const char *__asan_default_options(void)
 /* Options shared by the commands that load a model and read data. */
 #define OPTS_MODEL                                                                                 \
     {"config-json", CLI_STR, "FILE", "architecture for a weights-only .h5 model", NULL},           \
+        {"threads", CLI_INT, "N",                                                                  \
+         "threads per rank (0 = $OPENBLAS_NUM_THREADS, else cores / ranks sharing them)", "0"},    \
     {                                                                                              \
-        "threads", CLI_INT, "N", "OpenBLAS threads per rank (0 = cores / ranks on this node)", "0" \
+        "blas-threads", CLI_INT, "N",                                                              \
+            "OpenBLAS threads per worker; threads / N workers split each batch", "1"               \
     }
 #define OPTS_DATA                                                                                  \
     {"data", CLI_STR, "SPEC", "fashion-mnist, FILE.h5, X.idx[.gz],Y.idx[.gz] or X.npy,Y.npy",      \
@@ -89,7 +93,9 @@ static const cli_opt TRAIN_OPTS[] = {
     {"output-kind", CLI_STR, "KIND", "h5 (full model), weights-h5 or json (config only)", "h5"},
     {"history", CLI_STR, "FILE", "write per-epoch logs as CSV (Keras CSVLogger format)", NULL},
     {"quiet", CLI_FLAG, NULL, "print nothing but errors", NULL},
-    {"bucket-mb", CLI_FLOAT, "MB", "gradient allreduce bucket size", "4"},
+    {"bucket-mb", CLI_FLOAT, "MB", "gradient allreduce bucket size", "1"},
+    {"allreduce", CLI_STR, "HOW",
+     "gradient sum: shm (node shared memory, MPI between nodes), mpi, or auto", "auto"},
     {"comm-timeout", CLI_FLOAT, "S", "abort when a collective takes longer than S seconds", "600"},
     {"verbose-ranks", CLI_FLAG, NULL, "print per-rank timing (compute, exposed comm, data)", NULL},
 };
@@ -301,10 +307,15 @@ static int open_data(const cli_args *a, const char *spec, const model *m, bool t
 
 static int load_model(const cli_args *a, const char *path, model **m, err_info *e)
 {
-    return cli_model_load(path, cli_str(a, "config-json"), m, e);
+    /* libhdf5 1.10 can crash on a corrupted object header: turn that into exit status 2 with a
+     * message naming the file (launch/crashguard.h). */
+    crashguard *g = crashguard_enter(path);
+    int rc = cli_model_load(path, cli_str(a, "config-json"), m, e);
+    crashguard_leave(g);
+    return rc;
 }
 
-static int cmd_train(dist *dd, const cli_args *a, err_info *e)
+static int cmd_train(dist *dd, int workers, const cli_args *a, err_info *e)
 {
     model *m = NULL;
     fit_session *s = NULL;
@@ -360,6 +371,7 @@ static int cmd_train(dist *dd, const cli_args *a, err_info *e)
     fc.validation_split = vsplit;
     fc.val = cli_str(a, "val-data") != NULL ? &val.d : NULL;
     fc.steps_limit = steps_limit;
+    fc.threads = workers;
     if ((rc = fit_data_specialize(m, &train.d, e)) != ERR_OK)
         goto done;
     if ((rc = dist_check_model(dd, m, e)) != ERR_OK)
@@ -369,7 +381,7 @@ static int cmd_train(dist *dd, const cli_args *a, err_info *e)
     double bucket_mb;
     if ((rc = cli_float(a, "bucket-mb", &bucket_mb, e)) != ERR_OK)
         goto done;
-    if ((rc = dist_attach(dd, fit_session_grads(s), m->n_trainable, bucket_mb, e)) != ERR_OK)
+    if ((rc = dist_attach(dd, s, m->n_trainable, bucket_mb, cli_str(a, "allreduce"), e)) != ERR_OK)
         goto done;
     if (g_is_root && cli_str(a, "history") != NULL) {
         hist = fopen(cli_str(a, "history"), "w");
@@ -421,7 +433,7 @@ static void print_logs_line(const fit_logs *l)
     printf("\n");
 }
 
-static int cmd_evaluate(dist *dd, const cli_args *a, err_info *e)
+static int cmd_evaluate(dist *dd, int workers, const cli_args *a, err_info *e)
 {
     if (a->n_pos != 1)
         return err_set(e, ERR_USAGE, "evaluate takes one MODEL (see cornu evaluate --help)");
@@ -440,7 +452,7 @@ static int cmd_evaluate(dist *dd, const cli_args *a, err_info *e)
         rc = open_data(a, cli_str(a, "data"), m, true, &d, e);
     fit_logs logs;
     if (rc == ERR_OK)
-        rc = fit_evaluate(m, &d.d, batch, dist_comm(dd), &logs, e);
+        rc = fit_evaluate(m, &d.d, batch, workers, dist_comm(dd), &logs, e);
     if (rc == ERR_OK && g_is_root)
         print_logs_line(&logs);
     cli_dataset_close(&d);
@@ -448,7 +460,7 @@ static int cmd_evaluate(dist *dd, const cli_args *a, err_info *e)
     return rc;
 }
 
-static int cmd_predict(const cli_args *a, err_info *e)
+static int cmd_predict(int workers, const cli_args *a, err_info *e)
 {
     if (a->n_pos < 2)
         return err_set(e, ERR_USAGE, "predict takes MODEL IN.npy [IN2.npy ...] -o OUT.npy");
@@ -478,7 +490,7 @@ static int cmd_predict(const cli_args *a, err_info *e)
             rc = err_set(e, ERR_NOMEM, "output %d: %zu floats", o, n);
     }
     if (rc == ERR_OK)
-        rc = fit_predict(m, src, n_in, batch, outs, e);
+        rc = fit_predict(m, src, n_in, batch, workers, outs, e);
     for (int o = 0; rc == ERR_OK && o < m->n_outputs; o++) {
         const model_ref *r = &m->outputs[o];
         const model_shape *s = &m->layers[r->layer].nodes[r->node].out[r->tensor];
@@ -621,9 +633,14 @@ int main(int argc, char **argv)
     dist *dd = NULL;
     dist_config dc;
     memset(&dc, 0, sizeof dc);
-    int64_t threads = 0;
+    int64_t threads = 0, blas = 1;
     int64_t seed = 0;
     rc = cli_int(&a, "threads", &threads, &e);
+    if (rc == ERR_OK)
+        rc = cli_int(&a, "blas-threads", &blas, &e);
+    if (rc == ERR_OK && (threads < 0 || threads > FIT_MAX_THREADS || blas < 1 || blas > 4096))
+        rc = err_set(&e, ERR_USAGE, "--threads %lld must be in 0 .. %d, --blas-threads %lld >= 1",
+                     (long long)threads, FIT_MAX_THREADS, (long long)blas);
     if (rc == ERR_OK && strcmp(cmd->name, "train") == 0) {
         rc = cli_int(&a, "seed", &seed, &e);
         if (rc == ERR_OK)
@@ -636,12 +653,13 @@ int main(int argc, char **argv)
         rc = dist_create(&argc, &argv, &dc, &dd, &e);
     if (rc == ERR_OK) {
         g_is_root = dist_rank(dd) == 0;
+        int workers = dist_workers(dd, (int)blas);
         if (strcmp(cmd->name, "train") == 0)
-            rc = cmd_train(dd, &a, &e);
+            rc = cmd_train(dd, workers, &a, &e);
         else if (strcmp(cmd->name, "evaluate") == 0)
-            rc = cmd_evaluate(dd, &a, &e);
+            rc = cmd_evaluate(dd, workers, &a, &e);
         else if (strcmp(cmd->name, "predict") == 0)
-            rc = cmd_predict(&a, &e);
+            rc = cmd_predict(workers, &a, &e);
         else if (strcmp(cmd->name, "summary") == 0)
             rc = cmd_summary(&a, &e);
         else

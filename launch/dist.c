@@ -1,5 +1,6 @@
 #include "launch/dist.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -157,16 +158,33 @@ int dist_check_model(dist *d, const model *m, err_info *e)
     return ERR_OK;
 }
 
-int dist_attach(dist *d, float *grads, size_t n, double bucket_mb, err_info *e)
+int dist_attach(dist *d, fit_session *s, size_t n, double bucket_mb, const char *how, err_info *e)
 {
     if (rt_size(d->r) == 1)
         return ERR_OK;
     if (!(bucket_mb > 0))
         return err_set(e, ERR_USAGE, "--bucket-mb %g must be positive", bucket_mb);
+    bool shm = strcmp(how, "shm") == 0, automatic = strcmp(how, "auto") == 0;
+    if (!shm && !automatic && strcmp(how, "mpi") != 0)
+        return err_set(e, ERR_USAGE, "--allreduce %s: expected shm, mpi or auto", how);
     size_t bytes = (size_t)(bucket_mb * 1024.0 * 1024.0);
     if (bytes < sizeof(float))
         bytes = sizeof(float);
-    return comm_reducer_create(d->r, grads, n, bytes, &d->red, e);
+    if (shm || automatic) {
+        /* auto: shared memory unless nodes have different rank counts (then every rank gets
+         * ERR_UNSUPPORTED from the collective create and all fall back together). */
+        err_info e2 = {ERR_OK, ""};
+        int rc = comm_reducer_create_shm(d->r, n, bytes, 0, &d->red, &e2);
+        if (rc == ERR_OK) {
+            fit_session_set_grads(s, comm_reducer_buffer(d->red));
+            return ERR_OK;
+        }
+        if (shm || rc != ERR_UNSUPPORTED) {
+            *e = e2;
+            return rc;
+        }
+    }
+    return comm_reducer_create(d->r, fit_session_grads(s), n, bytes, &d->red, e);
 }
 
 void dist_on_step(void *ctx, int64_t epoch, int64_t step, int64_t steps, const fit_logs *logs,
@@ -217,4 +235,14 @@ void dist_on_epoch(void *ctx, int64_t epoch, int64_t epochs, int64_t steps, cons
         fflush(stdout);
         free(all);
     }
+}
+
+int dist_workers(dist *d, int blas_per_worker)
+{
+    int total = rt_blas_threads(d->r);
+    int blas = blas_per_worker > 0 ? blas_per_worker : 1;
+    if (blas >= total)
+        return 1;
+    rt_blas_threads_set(d->r, blas);
+    return total / blas;
 }

@@ -33,9 +33,14 @@ const fit_comm *dist_comm(dist *d);
 /* Collective: checks that every rank holds bit-identical initial parameters (a checksum). */
 int dist_check_model(dist *d, const model *m, err_info *e);
 /* Collective: sets up the bucketed reducer over the session's gradient buffer. */
-int dist_attach(dist *d, float *grads, size_t n, double bucket_mb, err_info *e);
+int dist_attach(dist *d, fit_session *s, size_t n, double bucket_mb, const char *how, err_info *e);
 /* Collective: worst code over ranks. */
 int dist_agree(dist *d, int rc, err_info *e);
+/* Splits this rank's threads (--threads; auto: $OPENBLAS_NUM_THREADS, else its cores / the ranks
+ * sharing them, as rt_init chose) into worker threads of blas_per_worker OpenBLAS threads each
+ * (<= 0 means 1): returns the number of workers (at least 1) and sets OpenBLAS accordingly. With
+ * one worker OpenBLAS keeps all the threads. Not collective. */
+int dist_workers(dist *d, int blas_per_worker);
 
 /* Progress context for fit callbacks: prints on rank 0, per-rank timing with --verbose-ranks. */
 typedef struct dist_progress {

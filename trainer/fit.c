@@ -6,7 +6,34 @@
 #include <string.h>
 #include <time.h>
 
+#include "trainer/fit_pool.h"
 #include "trainer/loss.h"
+
+/* How long an idle worker thread polls for the next piece of work before it sleeps: long enough
+ * to cover the serial parts of a step (data loading, the update's bookkeeping), short enough
+ * not to keep a core busy for nothing on a shared machine. */
+#define FIT_SPIN_US 200.0
+/* Gradient and optimizer ranges of the workers start at multiples of this many floats (one
+ * 64-byte cache line), so no two workers write the same line. */
+#define FIT_RANGE_ALIGN 16
+
+/* One worker thread of a session (docs/design.md, "Threads"): its own nets over the shared model,
+ * taking a contiguous slice [lo, lo + rows) of this rank's rows of each batch. Worker 0 runs on
+ * the caller's thread and its training net is the session's (its gradient buffer is the one
+ * data-parallel runs reduce). */
+typedef struct fit_worker {
+    fit_session *s;
+    int id;
+    layer_net *net;  /* training net (NULL in evaluate/predict) */
+    layer_net *vnet; /* inference net for validation, evaluate, predict (or NULL) */
+    double *acc;     /* loss/metric sums of this worker */
+    int64_t lo, rows;
+    size_t glo, ghi; /* gradient and optimizer range */
+    bool fwd_ok;
+    int rc;
+    err_info e;
+    double *red; /* posted to the reduce hook */
+} fit_worker;
 
 struct fit_session {
     model *m;
@@ -31,6 +58,31 @@ struct fit_session {
         size_t offset, count;
         double l1, l2;
     } * reg;
+    /* Worker threads (n_workers > 1 only). */
+    int n_workers;
+    fit_pool *pool;
+    fit_worker *w;
+    float *xstage[8]; /* this rank's rows of the batch, before each worker copies its slice */
+    int64_t x_len[8];
+    double *red; /* reduce hook: the workers' sum */
+    int64_t red_max;
+    int red_rc;
+    err_info red_e;
+    /* The current step (written by the calling thread before fit_pool_run). */
+    struct fit_step {
+        int64_t lrows, grows, it, row0;
+        int load_rc;
+        err_info load_e;
+        bool eval_training;     /* run_eval: false */
+        data_source *const *px; /* fit_predict: sources, output buffers, first row */
+        float *const *pout;
+        int64_t p_r0;
+        /* Results of worker 0's serial part. */
+        int rc;
+        err_info e;
+        bool update, nan;
+        double comm_s;
+    } st;
 };
 
 static double now_s(void)
@@ -225,23 +277,23 @@ static int acc_size(int n_out, int n_metrics)
 }
 
 /* Losses and metrics of one batch into acc (adds), gradients into the net when training. */
-static int batch_losses(fit_session *s, model *m, layer_net *net, int64_t rows, int64_t global_rows,
-                        bool training, double *acc, err_info *e)
+static int batch_losses(fit_session *s, model *m, layer_net *net, int64_t rows, int64_t y_row0,
+                        int64_t global_rows, bool training, double *acc, err_info *e)
 {
     int k = 2;
     for (int o = 0; o < s->n_out; o++) {
         const float *pred = layer_net_output(net, o);
         float *grad = training ? layer_net_output_grad(net, o) : NULL;
+        const float *y = s->y[o] + y_row0 * s->y_len[o];
         double sum = 0;
-        int rc = loss_compute(&s->loss[o], pred, s->y[o], rows, s->out_len[o],
+        int rc = loss_compute(&s->loss[o], pred, y, rows, s->out_len[o],
                               (double)global_rows / s->loss_weight[o], &sum, grad, e);
         if (rc != ERR_OK)
             return err_wrap(e, "output \"%s\"", m->layers[m->outputs[o].layer].name);
         acc[0] += s->loss_weight[o] * sum;
         acc[k++] += sum;
         for (int j = 0; j < s->n_metrics; j++) {
-            metric_accumulate(s->metric[o][j], pred, s->y[o], rows, s->out_len[o], &acc[k],
-                              &acc[k + 1]);
+            metric_accumulate(s->metric[o][j], pred, y, rows, s->out_len[o], &acc[k], &acc[k + 1]);
             k += 2;
         }
     }
@@ -347,6 +399,287 @@ static int net_reduce_hook(void *ctx, double *buf, int64_t n, err_info *e)
     return c->sum(c->ctx, buf, n, e);
 }
 
+/* ---- worker threads ---- */
+
+/* Reduce hook of the workers' training nets: every worker posts its sums, worker 0 adds them up
+ * in worker order (the same bits for the same worker count) and, under MPI, sums the result
+ * over ranks (only the thread that initialised MPI calls it); then every worker copies the
+ * total. The barrier at the start of the next call (or of the step's next phase) keeps worker 0
+ * from overwriting s->red before the others have read it. */
+static int worker_reduce_hook(void *ctx, double *buf, int64_t n, err_info *e)
+{
+    fit_worker *w = ctx;
+    fit_session *s = w->s;
+    w->red = buf;
+    fit_pool_barrier(s->pool);
+    if (w->id == 0) {
+        CHECK(n <= s->red_max);
+        for (int64_t i = 0; i < n; i++) {
+            double v = s->w[0].red[i];
+            for (int k = 1; k < s->n_workers; k++)
+                v += s->w[k].red[i];
+            s->red[i] = v;
+        }
+        int rc = ERR_OK;
+        if (s->has_comm && s->comm.sum != NULL)
+            rc = s->comm.sum(s->comm.ctx, s->red, n, e);
+        s->red_rc = rc;
+        if (rc != ERR_OK)
+            s->red_e = *e;
+    }
+    fit_pool_barrier(s->pool);
+    memcpy(buf, s->red, sizeof(double) * (size_t)n);
+    if (s->red_rc != ERR_OK) {
+        if (w->id != 0)
+            *e = s->red_e;
+        return s->red_rc;
+    }
+    return ERR_OK;
+}
+
+/* Creates the pool and the per-worker state: training nets (training) and/or inference nets
+ * (inference), each for rows_per_worker rows, input staging buffers for local_max rows. Worker
+ * 0's training net is s->net. Only when s->n_workers > 1. */
+static int workers_create(fit_session *s, bool training, bool inference, int64_t local_max,
+                          err_info *e)
+{
+    model *m = s->m;
+    int W = s->n_workers;
+    int64_t per = (local_max + W - 1) / W;
+    if (per < 1)
+        per = 1;
+    int rc = fit_pool_create(W, FIT_SPIN_US, &s->pool, e);
+    if (rc != ERR_OK)
+        return rc;
+    s->w = calloc((size_t)W, sizeof *s->w);
+    if (s->w == NULL)
+        return err_set(e, ERR_NOMEM, "%d worker states", W);
+    for (int i = 0; i < m->n_inputs && i < 8; i++) {
+        const model_shape *sh = input_shape(m, i);
+        s->x_len[i] = 1;
+        for (int d = 1; d < sh->rank; d++)
+            s->x_len[i] *= sh->dims[d];
+        size_t cnt = (size_t)(local_max > 0 ? local_max : 1) * (size_t)s->x_len[i];
+        s->xstage[i] = malloc(cnt * sizeof(float));
+        if (s->xstage[i] == NULL)
+            return err_set(e, ERR_NOMEM, "input staging buffer of %zu floats", cnt);
+    }
+    for (int k = 0; k < W && rc == ERR_OK; k++) {
+        fit_worker *w = &s->w[k];
+        w->s = s;
+        w->id = k;
+        w->acc = calloc((size_t)(s->n_acc > 0 ? s->n_acc : 1), sizeof(double));
+        if (w->acc == NULL)
+            return err_set(e, ERR_NOMEM, "worker accumulators");
+        if (training) {
+            rc = layer_net_create(m, per, true, &w->net, e);
+            if (rc != ERR_OK)
+                break;
+            /* Batch statistics are summed over the workers (and ranks) by the hook; the moving
+             * statistics are updated by worker 0's net alone, once per step. */
+            layer_net_set_reduce(w->net, worker_reduce_hook, w);
+            layer_net_set_update_moving(w->net, k == 0);
+            int64_t r = layer_net_reduce_max(w->net);
+            s->red_max = r > s->red_max ? r : s->red_max;
+            int64_t glo, ghi;
+            fit_pool_share((int64_t)m->n_trainable, W, k, FIT_RANGE_ALIGN, &glo, &ghi);
+            w->glo = (size_t)glo;
+            w->ghi = (size_t)ghi;
+        }
+        if (inference)
+            rc = layer_net_create(m, per, false, &w->vnet, e);
+    }
+    if (rc == ERR_OK && s->red_max > 0) {
+        s->red = calloc((size_t)s->red_max, sizeof(double));
+        if (s->red == NULL)
+            rc = err_set(e, ERR_NOMEM, "reduce buffer of %lld doubles", (long long)s->red_max);
+    }
+    if (rc == ERR_OK && training)
+        s->net = s->w[0].net;
+    return rc;
+}
+
+static void workers_destroy(fit_session *s)
+{
+    fit_pool_destroy(s->pool);
+    s->pool = NULL;
+    for (int k = 0; s->w != NULL && k < s->n_workers; k++) {
+        if (s->w[k].net != s->net)
+            layer_net_destroy(s->w[k].net);
+        layer_net_destroy(s->w[k].vnet);
+        free(s->w[k].acc);
+    }
+    free(s->w);
+    s->w = NULL;
+    for (int i = 0; i < 8; i++) {
+        free(s->xstage[i]);
+        s->xstage[i] = NULL;
+    }
+    free(s->red);
+    s->red = NULL;
+}
+
+/* This worker's slice of the step's local rows, copied from the staging buffers into net. */
+static void worker_slice(fit_session *s, fit_worker *w, layer_net *net, int64_t lrows)
+{
+    int64_t lo, hi;
+    fit_pool_share(lrows, s->n_workers, w->id, 1, &lo, &hi);
+    w->lo = lo;
+    w->rows = hi - lo;
+    for (int i = 0; i < s->m->n_inputs; i++)
+        memcpy(layer_net_input(net, i), s->xstage[i] + lo * s->x_len[i],
+               sizeof(float) * (size_t)(w->rows * s->x_len[i]));
+}
+
+static int grad_ready_hook(void *ctx, size_t lo, size_t hi, err_info *e);
+static int agree(const fit_session *s, int rc, err_info *e);
+static int sum_over_ranks(const fit_session *s, double *buf, int64_t n, err_info *e);
+static double apply_regularizers(const fit_session *s, const float *params, float *grads);
+
+/* Worker 0, between the gradient sum and the update: the rank-level part of the step (what the
+ * one-thread loop does after backward). Sets s->st.update, or s->st.rc/e on failure. Only this
+ * thread calls MPI. */
+static void train_serial(fit_session *s)
+{
+    model *m = s->m;
+    struct fit_step *st = &s->st;
+    err_info e2 = {ERR_OK, ""};
+    int rc = st->load_rc;
+    if (rc != ERR_OK)
+        st->e = st->load_e;
+    for (int k = 0; k < s->n_workers && rc == ERR_OK; k++) {
+        if (s->w[k].rc != ERR_OK) {
+            rc = s->w[k].rc;
+            st->e = s->w[k].e;
+        }
+    }
+    double t0 = now_s();
+    if (s->has_comm) {
+        /* All workers' gradients are summed first: the whole buffer is handed to the reducer
+         * at once (no overlap of communication with backward in this mode). */
+        err_info *ep = rc == ERR_OK ? &st->e : &e2;
+        int crc = ERR_OK;
+        if (s->comm.grad_begin != NULL)
+            crc = s->comm.grad_begin(s->comm.ctx, ep);
+        if (crc == ERR_OK && s->comm.grad_ready != NULL && m->n_trainable > 0)
+            crc = s->comm.grad_ready(s->comm.ctx, 0, m->n_trainable, ep);
+        if (crc == ERR_OK && s->comm.grad_finish != NULL)
+            crc = s->comm.grad_finish(s->comm.ctx, ep);
+        if (rc == ERR_OK)
+            rc = crc;
+        rc = agree(s, rc, &st->e);
+    }
+    st->comm_s = now_s() - t0;
+    st->update = false;
+    st->nan = false;
+    st->rc = rc;
+    if (rc != ERR_OK)
+        return;
+    double *acc = s->acc, *gacc = s->acc + s->n_acc;
+    for (int k = 0; k < s->n_workers; k++)
+        for (int j = 0; j < s->n_acc; j++)
+            acc[j] += s->w[k].acc[j];
+    if (s->n_reg > 0) {
+        double pen = apply_regularizers(s, m->params, layer_net_grads(s->net));
+        acc[0] += pen * (double)st->lrows;
+    }
+    memcpy(gacc, acc, sizeof(double) * (size_t)s->n_acc);
+    if ((rc = sum_over_ranks(s, gacc, s->n_acc, &st->e)) != ERR_OK) {
+        st->rc = rc;
+        return;
+    }
+    if (!isfinite(gacc[0])) {
+        st->rc = ERR_NUMERIC; /* the caller writes the message (it knows epoch and step) */
+        st->nan = true;
+        return;
+    }
+    if ((rc = optim_step_begin(s->opt, m, layer_net_grads(s->net), &st->e)) != ERR_OK) {
+        st->rc = rc;
+        return;
+    }
+    st->update = true;
+}
+
+/* One training step on every worker: slice, forward and loss, backward, the gradient sum (each
+ * worker sums its range over all workers, in worker order), worker 0's serial part, and the
+ * update (each worker its range). */
+static void train_worker(void *ctx, int id)
+{
+    fit_session *s = ctx;
+    fit_worker *w = &s->w[id];
+    struct fit_step *st = &s->st;
+    w->rc = ERR_OK;
+    w->e.code = ERR_OK;
+    w->e.msg[0] = '\0';
+    memset(w->acc, 0, sizeof(double) * (size_t)s->n_acc);
+    worker_slice(s, w, w->net, st->lrows);
+    layer_net_set_row_offset(w->net, st->row0 + w->lo);
+    int rc = layer_net_forward(w->net, w->rows, true, s->cfg.seed, st->it, &w->e);
+    w->fwd_ok = rc == ERR_OK;
+    if (rc == ERR_OK && st->load_rc == ERR_OK)
+        rc = batch_losses(s, s->m, w->net, w->rows, w->lo, st->grows, true, w->acc, &w->e);
+    w->rc = rc;
+    fit_pool_barrier(s->pool);
+    bool all_fwd = true;
+    for (int k = 0; k < s->n_workers; k++)
+        all_fwd = all_fwd && s->w[k].fwd_ok;
+    if (all_fwd) {
+        err_info tmp;
+        int brc = layer_net_backward(w->net, w->rows, NULL, NULL, w->rc == ERR_OK ? &w->e : &tmp);
+        if (w->rc == ERR_OK)
+            w->rc = brc;
+    }
+    fit_pool_barrier(s->pool);
+    float *g = layer_net_grads(s->w[0].net);
+    if (g != NULL) {
+        for (int k = 1; k < s->n_workers; k++) {
+            const float *gk = layer_net_grads(s->w[k].net);
+            for (size_t i = w->glo; i < w->ghi; i++)
+                g[i] += gk[i];
+        }
+    }
+    fit_pool_barrier(s->pool);
+    if (id == 0)
+        train_serial(s);
+    fit_pool_barrier(s->pool);
+    if (st->update && g != NULL)
+        optim_step_range(s->opt, s->m, g, w->glo, w->ghi);
+}
+
+/* One inference batch on every worker: evaluate (losses into the worker's running sums) or
+ * predict (outputs into the caller's arrays). */
+static void infer_worker(void *ctx, int id)
+{
+    fit_session *s = ctx;
+    fit_worker *w = &s->w[id];
+    struct fit_step *st = &s->st;
+    if (w->rc != ERR_OK)
+        return; /* a worker that failed stays failed for the rest of the pass */
+    worker_slice(s, w, w->vnet, st->lrows);
+    if (w->rows == 0)
+        return;
+    int rc = layer_net_forward(w->vnet, w->rows, false, s->cfg.seed, st->it, &w->e);
+    if (rc == ERR_OK && st->pout == NULL)
+        rc = batch_losses(s, s->m, w->vnet, w->rows, w->lo, st->grows, false, w->acc, &w->e);
+    for (int o = 0; rc == ERR_OK && st->pout != NULL && o < s->m->n_outputs; o++) {
+        int64_t len = fit_output_row_len(s->m, o);
+        memcpy(st->pout[o] + (st->p_r0 + w->lo) * len, layer_net_output(w->vnet, o),
+               sizeof(float) * (size_t)(w->rows * len));
+    }
+    w->rc = rc;
+}
+
+/* The first failure among the workers, in worker order (e gets its message). */
+static int workers_rc(const fit_session *s, err_info *e)
+{
+    for (int k = 0; k < s->n_workers; k++)
+        if (s->w[k].rc != ERR_OK) {
+            *e = s->w[k].e;
+            return s->w[k].rc;
+        }
+    return ERR_OK;
+}
+
 int fit_session_create(model *m, const fit_config *c, const fit_comm *comm, fit_session **out,
                        err_info *e)
 {
@@ -369,15 +702,24 @@ int fit_session_create(model *m, const fit_config *c, const fit_comm *comm, fit_
         size = comm->size;
     }
     s->local_max = (c->batch + size - 1) / size;
-    int rc = layer_net_create(m, s->local_max > 0 ? s->local_max : 1, true, &s->net, e);
-    if (rc == ERR_OK && s->has_comm && s->comm.sum != NULL)
-        layer_net_set_reduce(s->net, net_reduce_hook, &s->comm);
+    s->n_workers = c->threads > 1 ? c->threads : 1;
+    int rc = ERR_OK;
+    if (c->threads < 0 || c->threads > FIT_MAX_THREADS)
+        rc = err_set(e, ERR_USAGE, "%d worker threads: expected 1 .. %d", c->threads,
+                     FIT_MAX_THREADS);
     if (rc == ERR_OK)
         rc = optim_create(m, &s->opt, e);
     if (rc == ERR_OK)
         rc = setup_outputs(s, m, s->local_max, e);
     if (rc == ERR_OK)
         rc = setup_regularizers(s, m, e);
+    if (rc == ERR_OK && s->n_workers > 1) {
+        rc = workers_create(s, true, false, s->local_max, e);
+    } else if (rc == ERR_OK) {
+        rc = layer_net_create(m, s->local_max > 0 ? s->local_max : 1, true, &s->net, e);
+        if (rc == ERR_OK && s->has_comm && s->comm.sum != NULL)
+            layer_net_set_reduce(s->net, net_reduce_hook, &s->comm);
+    }
     if (rc != ERR_OK) {
         fit_session_destroy(s);
         return rc;
@@ -390,6 +732,7 @@ void fit_session_destroy(fit_session *s)
 {
     if (s == NULL)
         return;
+    workers_destroy(s);
     layer_net_destroy(s->net);
     optim_destroy(s->opt);
     for (int o = 0; o < 8; o++)
@@ -402,6 +745,11 @@ void fit_session_destroy(fit_session *s)
 float *fit_session_grads(fit_session *s)
 {
     return layer_net_grads(s->net);
+}
+
+void fit_session_set_grads(fit_session *s, float *buf)
+{
+    layer_net_set_grads(s->net, buf);
 }
 
 static int grad_ready_hook(void *ctx, size_t lo, size_t hi, err_info *e)
@@ -466,9 +814,14 @@ static int make_loader(const fit_session *s, const fit_data *d, int64_t begin, i
 static int run_eval(fit_session *s, layer_net *net, data_loader *l, double *acc, err_info *e)
 {
     model *m = s->m;
+    bool threaded = s->n_workers > 1;
     float *xdst[8];
     for (int i = 0; i < m->n_inputs; i++)
-        xdst[i] = layer_net_input(net, i);
+        xdst[i] = threaded ? s->xstage[i] : layer_net_input(net, i);
+    for (int k = 0; threaded && k < s->n_workers; k++) {
+        s->w[k].rc = ERR_OK;
+        memset(s->w[k].acc, 0, sizeof(double) * (size_t)s->n_acc);
+    }
     int rc = data_loader_epoch(l, 0, e);
     for (int64_t step = 0; rc == ERR_OK; step++) {
         int64_t grows = 0, lrows = 0;
@@ -476,12 +829,23 @@ static int run_eval(fit_session *s, layer_net *net, data_loader *l, double *acc,
         rc = data_loader_next(l, xdst, s->y, &grows, &lrows, &done, e);
         if (rc != ERR_OK || done)
             break;
-        if (lrows > 0) {
+        if (lrows > 0 && threaded) {
+            s->st.lrows = lrows;
+            s->st.grows = grows;
+            s->st.it = step;
+            s->st.pout = NULL;
+            fit_pool_run(s->pool, infer_worker, s);
+            rc = workers_rc(s, e);
+        } else if (lrows > 0) {
             rc = layer_net_forward(net, lrows, false, s->cfg.seed, step, e);
             if (rc == ERR_OK)
-                rc = batch_losses(s, m, net, lrows, grows, false, acc, e);
+                rc = batch_losses(s, m, net, lrows, 0, grows, false, acc, e);
         }
     }
+    /* Each worker summed its own rows; the totals are added in worker order. */
+    for (int k = 0; threaded && rc == ERR_OK && k < s->n_workers; k++)
+        for (int j = 0; j < s->n_acc; j++)
+            acc[j] += s->w[k].acc[j];
     return rc;
 }
 
@@ -516,9 +880,16 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
         int64_t ve = data_source_rows(vdata->x[0].src);
         if (ve > vb) {
             rc = make_loader(s, vdata, vb, ve, s->cfg.batch, false, &vl, e);
-            if (rc == ERR_OK)
+            if (rc == ERR_OK && s->n_workers == 1)
                 rc = layer_net_create(m, s->local_max, false, &vnet, e);
-            if (rc == ERR_OK && s->has_comm && s->comm.sum != NULL)
+            /* Worker threads validate on inference nets of their own (freed with the
+             * session; a later fit_train() reuses them). */
+            for (int k = 0; rc == ERR_OK && s->n_workers > 1 && k < s->n_workers; k++) {
+                if (s->w[k].vnet == NULL)
+                    rc = layer_net_create(m, (s->local_max + s->n_workers - 1) / s->n_workers,
+                                          false, &s->w[k].vnet, e);
+            }
+            if (rc == ERR_OK && vnet != NULL && s->has_comm && s->comm.sum != NULL)
                 layer_net_set_reduce(vnet, net_reduce_hook, &s->comm);
         }
     }
@@ -528,7 +899,7 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
 
     float *xdst[8];
     for (int i = 0; i < m->n_inputs; i++)
-        xdst[i] = layer_net_input(s->net, i);
+        xdst[i] = s->n_workers > 1 ? s->xstage[i] : layer_net_input(s->net, i);
     const float *grads = layer_net_grads(s->net);
     int64_t steps = data_loader_steps(tl);
     if (s->cfg.steps_limit > 0 && s->cfg.steps_limit < steps)
@@ -561,6 +932,46 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
             err_info *ep = local_rc == ERR_OK ? e : &e2;
             double td = now_s();
             tm.data_s += td - ts;
+            if (s->n_workers > 1) {
+                /* Worker threads: the whole step, update included, in one pool run. */
+                struct fit_step *st = &s->st;
+                int r = s->has_comm ? s->comm.rank : 0, size = s->has_comm ? s->comm.size : 1;
+                int64_t q = grows / size, rem = grows % size;
+                st->lrows = lrows;
+                st->grows = grows;
+                st->it = m->opt.iterations;
+                st->row0 = r * q + (r < rem ? r : rem);
+                st->load_rc = local_rc;
+                if (local_rc != ERR_OK)
+                    st->load_e = *e;
+                st->pout = NULL;
+                status(s, epoch + 1, step + 1, "step (worker threads)");
+                fit_pool_run(s->pool, train_worker, s);
+                tm.comm_s += st->comm_s;
+                rc = st->rc;
+                if (rc == ERR_NUMERIC && st->nan) {
+                    rc = err_set(e, ERR_NUMERIC,
+                                 "loss is %g at epoch %lld step %lld (iteration %lld): training "
+                                 "diverged; lower the learning rate or check the data",
+                                 gacc[0], (long long)epoch + 1, (long long)step + 1,
+                                 (long long)st->it + 1);
+                    break;
+                }
+                if (rc != ERR_OK) {
+                    *e = st->e;
+                    break;
+                }
+                optim_step_end(s->opt, m);
+                double te = now_s();
+                tm.compute_s += (te - td) - st->comm_s;
+                tm.step_s += te - ts;
+                if (cb != NULL && cb->on_step != NULL) {
+                    logs.n = 0;
+                    logs_from_acc(s, m, gacc, "", &logs);
+                    cb->on_step(cb->ctx, epoch, step + 1, steps, &logs, now_s() - t0);
+                }
+                continue;
+            }
             status(s, epoch + 1, step + 1, "forward");
             /* The dropout stream is keyed by the optimizer's iteration count, so a resumed run
              * draws the same masks as an uninterrupted one. */
@@ -574,7 +985,7 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
              * zero rows (zero gradients) so that every rank joins the same collectives. */
             int frc = layer_net_forward(s->net, lrows, true, s->cfg.seed, it, ep);
             if (frc == ERR_OK && local_rc == ERR_OK)
-                frc = batch_losses(s, m, s->net, lrows, grows, true, acc, ep);
+                frc = batch_losses(s, m, s->net, lrows, 0, grows, true, acc, ep);
             if (local_rc == ERR_OK)
                 local_rc = frc;
             status(s, epoch + 1, step + 1, "backward");
@@ -669,8 +1080,8 @@ done:
     return rc;
 }
 
-int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm, fit_logs *out,
-                 err_info *e)
+int fit_evaluate(model *m, const fit_data *data, int64_t batch, int threads, const fit_comm *comm,
+                 fit_logs *out, err_info *e)
 {
     int rc = fit_data_specialize(m, data, e);
     if (rc == ERR_OK)
@@ -690,12 +1101,18 @@ int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *
         s.has_comm = true;
     }
     s.local_max = (batch + (s.has_comm ? s.comm.size : 1) - 1) / (s.has_comm ? s.comm.size : 1);
+    s.n_workers = threads > 1 ? threads : 1;
     data_loader *l = NULL;
     layer_net *net = NULL;
-    rc = setup_outputs(&s, m, s.local_max, e);
+    if (threads < 0 || threads > FIT_MAX_THREADS)
+        rc = err_set(e, ERR_USAGE, "%d worker threads: expected 1 .. %d", threads, FIT_MAX_THREADS);
+    if (rc == ERR_OK)
+        rc = setup_outputs(&s, m, s.local_max, e);
     if (rc == ERR_OK)
         rc = make_loader(&s, data, 0, data_source_rows(data->x[0].src), batch, false, &l, e);
-    if (rc == ERR_OK)
+    if (rc == ERR_OK && s.n_workers > 1)
+        rc = workers_create(&s, false, true, s.local_max, e);
+    else if (rc == ERR_OK)
         rc = layer_net_create(m, s.local_max > 0 ? s.local_max : 1, false, &net, e);
     if (rc == ERR_OK && s.has_comm && s.comm.sum != NULL)
         layer_net_set_reduce(net, net_reduce_hook, &s.comm);
@@ -708,6 +1125,7 @@ int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *
         out->n = 0;
         logs_from_acc(&s, m, s.acc, "", out);
     }
+    workers_destroy(&s);
     layer_net_destroy(net);
     data_loader_destroy(l);
     for (int o = 0; o < 8; o++)
@@ -716,8 +1134,8 @@ int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *
     return rc;
 }
 
-int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *const *out,
-                err_info *e)
+int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, int threads,
+                float *const *out, err_info *e)
 {
     fit_data d;
     memset(&d, 0, sizeof d);
@@ -736,17 +1154,39 @@ int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *
         batch = 32;
     if (batch > rows && rows > 0)
         batch = rows;
+    if (threads < 0 || threads > FIT_MAX_THREADS)
+        return err_set(e, ERR_USAGE, "%d worker threads: expected 1 .. %d", threads,
+                       FIT_MAX_THREADS);
+    /* Worker threads: a session shell holding the pool and one inference net per worker, each
+     * running a slice of every batch (rows are independent in inference, so the outputs are the
+     * same bits as one thread's up to GEMM blocking). */
+    fit_session s;
+    memset(&s, 0, sizeof s);
+    s.m = m;
+    s.n_workers = threads > 1 ? threads : 1;
     layer_net *net = NULL;
     int64_t *ids = malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));
     if (ids == NULL)
         return err_set(e, ERR_NOMEM, "row index buffer");
-    rc = layer_net_create(m, batch > 0 ? batch : 1, false, &net, e);
+    if (s.n_workers > 1)
+        rc = workers_create(&s, false, true, batch > 0 ? batch : 1, e);
+    else
+        rc = layer_net_create(m, batch > 0 ? batch : 1, false, &net, e);
     for (int64_t r0 = 0; rc == ERR_OK && r0 < rows; r0 += batch) {
         int64_t nb = rows - r0 < batch ? rows - r0 : batch;
         for (int64_t k = 0; k < nb; k++)
             ids[k] = r0 + k;
         for (int i = 0; i < n_x && rc == ERR_OK; i++)
-            rc = data_source_read(x[i], ids, nb, 1.0f, layer_net_input(net, i), e);
+            rc = data_source_read(x[i], ids, nb, 1.0f,
+                                  net != NULL ? layer_net_input(net, i) : s.xstage[i], e);
+        if (rc == ERR_OK && net == NULL) {
+            s.st.lrows = nb;
+            s.st.pout = out;
+            s.st.p_r0 = r0;
+            fit_pool_run(s.pool, infer_worker, &s);
+            rc = workers_rc(&s, e);
+            continue;
+        }
         if (rc == ERR_OK)
             rc = layer_net_forward(net, nb, false, 0, 0, e);
         for (int o = 0; rc == ERR_OK && o < m->n_outputs; o++) {
@@ -754,6 +1194,7 @@ int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *
             memcpy(out[o] + r0 * len, layer_net_output(net, o), sizeof(float) * (size_t)(nb * len));
         }
     }
+    workers_destroy(&s);
     layer_net_destroy(net);
     free(ids);
     return rc;

@@ -18,6 +18,8 @@
 #include "trainer/optim.h"
 
 #define FIT_MAX_LOGS 16
+/* Most worker threads per rank (fit_config.threads, fit_evaluate, fit_predict). */
+#define FIT_MAX_THREADS 256
 
 /* Collective hooks for data-parallel training; every member may be NULL for one process. */
 typedef struct fit_comm {
@@ -79,6 +81,14 @@ typedef struct fit_config {
     double validation_split; /* last fraction of train as validation, like Keras */
     const fit_data *val;     /* separate validation data, or NULL */
     int64_t steps_limit;     /* stop each epoch after this many steps (0 = all; tests/benches) */
+    /* Worker threads of this rank (0 or 1: the calling thread alone). Each worker trains its own
+     * net on a contiguous slice of this rank's rows of every batch (the loader's rank slicing
+     * rule); BatchNormalization statistics, gradients, losses and metrics are summed over the
+     * workers in worker order, then over ranks. Set OpenBLAS to 1 thread (rt) when using them.
+     * The same (ranks, threads) gives the same bits; other thread counts agree within rounding
+     * (docs/determinism.md). Worker 0 is the calling thread: it alone calls the fit_comm hooks,
+     * after all workers' gradients are summed (no overlap of communication with backward). */
+    int threads;
 } fit_config;
 
 fit_config fit_config_default(void);
@@ -93,6 +103,10 @@ int fit_session_create(model *m, const fit_config *c, const fit_comm *comm, fit_
 void fit_session_destroy(fit_session *s);
 /* The session's flat gradient buffer (m->n_trainable floats): what data-parallel runs reduce. */
 float *fit_session_grads(fit_session *s);
+/* Makes the session's gradient (what fit_session_grads returns, and what the optimizer reads)
+ * live in buf (m->n_trainable floats, borrowed), e.g. the node-shared buffer of
+ * comm_reducer_create_shm(). NULL restores the session's own buffer. */
+void fit_session_set_grads(fit_session *s, float *buf);
 
 /* Trains on `train` (validation as configured). Logs of the last epoch go to *last (may be
  * NULL). Errors: data/shape mismatch (ERR_SHAPE naming the array and the model output), a NaN
@@ -100,15 +114,17 @@ float *fit_session_grads(fit_session *s);
 int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fit_logs *last,
               err_info *e);
 
-/* Loss and metrics of m over data in inference mode, batch rows at a time. */
-int fit_evaluate(model *m, const fit_data *data, int64_t batch, const fit_comm *comm, fit_logs *out,
-                 err_info *e);
+/* Loss and metrics of m over data in inference mode, batch rows at a time, on threads worker
+ * threads (0 or 1: the calling thread alone; see fit_config.threads). */
+int fit_evaluate(model *m, const fit_data *data, int64_t batch, int threads, const fit_comm *comm,
+                 fit_logs *out, err_info *e);
 
-/* Inference: runs m over n_x input sources (all the same row count) batch rows at a time and
- * writes each output i (rows x output row length) into out[i], which the caller allocated with
- * fit_predict_output_len(m, i) * rows floats. */
-int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, float *const *out,
-                err_info *e);
+/* Inference: runs m over n_x input sources (all the same row count) batch rows at a time, each
+ * batch split over threads worker threads (0 or 1: the calling thread alone), and writes each
+ * output i (rows x output row length) into out[i], which the caller allocated with
+ * fit_output_row_len(m, i) * rows floats. */
+int fit_predict(model *m, data_source *const *x, int n_x, int64_t batch, int threads,
+                float *const *out, err_info *e);
 int64_t fit_output_row_len(const model *m, int i);
 
 /* When a model input has free extents (e.g. [None, None, 20]: any number of time steps), fixes

@@ -689,7 +689,7 @@ static int plan_memory(layer_net *n, const bool *need_grad, err_info *e)
         x->grad = need_grad[g] ? (float *)(void *)(base + grad_off[g]) : NULL;
     }
     if (n->training && m->n_trainable > 0) {
-        n->grads = tensor_alloc_big(m->n_trainable * sizeof(float));
+        n->grads = n->grads_own = tensor_alloc_big(m->n_trainable * sizeof(float));
         if (n->grads == NULL)
             rc = err_set(e, ERR_NOMEM, "gradient buffer of %zu floats", m->n_trainable);
     }
@@ -713,6 +713,7 @@ int layer_net_create(model *m, int64_t max_batch, bool training, layer_net **out
     n->m = m;
     n->max_batch = max_batch;
     n->training = training;
+    n->update_moving = true;
     int rc = plan_graph(n, e);
     if (rc == ERR_OK)
         rc = plan_kinds(n, e);
@@ -753,7 +754,7 @@ void layer_net_destroy(layer_net *n)
     free(n->layer_done);
     free(n->layer_bwd);
     free(n->arena);
-    free(n->grads);
+    free(n->grads_own);
     free(n);
 }
 
@@ -797,6 +798,12 @@ float *layer_net_grads(layer_net *n)
     return n->grads;
 }
 
+void layer_net_set_grads(layer_net *n, float *buf)
+{
+    CHECK(n->training);
+    n->grads = buf != NULL ? buf : n->grads_own;
+}
+
 void layer_net_set_reduce(layer_net *n, layer_reduce_fn fn, void *ctx)
 {
     n->reduce = fn;
@@ -806,6 +813,20 @@ void layer_net_set_reduce(layer_net *n, layer_reduce_fn fn, void *ctx)
 void layer_net_set_row_offset(layer_net *n, int64_t first_row)
 {
     n->row0 = first_row;
+}
+
+void layer_net_set_update_moving(layer_net *n, bool update)
+{
+    n->update_moving = update;
+}
+
+int64_t layer_net_reduce_max(const layer_net *n)
+{
+    int64_t most = 0;
+    for (int k = 0; k < n->n_nodes; k++)
+        if (n->nodes[k].coll_fwd && n->nodes[k].red_n > most)
+            most = n->nodes[k].red_n;
+    return most;
 }
 
 /* ---- the step ---- */

@@ -20,8 +20,11 @@
  * depend on any trainable weight get no gradient at all (a Dense right after an input skips
  * dx). Shared layers accumulate their weight gradients over all their calls.
  *
- * Threads and MPI: single-threaded apart from OpenBLAS; no MPI. Distributed BatchNormalization
- * goes through the reduce hook, which makes forward/backward collective when it is set. */
+ * Threads and MPI: a net is single-threaded apart from OpenBLAS and never calls MPI. Several nets
+ * over the same model may run forward/backward concurrently on different threads: they only read
+ * m->params, except that training forwards update BatchNormalization moving statistics (see
+ * layer_net_set_update_moving). Distributed BatchNormalization (across ranks and/or worker
+ * threads) goes through the reduce hook, which makes forward/backward collective when set. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -61,6 +64,11 @@ float *layer_net_output_grad(layer_net *n, int i);
 /* The flat weight gradient, n_trainable floats parallel to m->params (NULL for inference nets
  * or a model without trainable weights). Written by layer_net_backward(). */
 float *layer_net_grads(layer_net *n);
+/* Training nets: makes backward write the weight gradient into buf (m->n_trainable floats,
+ * borrowed; it must outlive its use) instead of the net's own buffer, e.g. memory the other
+ * ranks of the node can read (comm_reducer_create_shm). NULL goes back to the net's own buffer.
+ * layer_net_grads() returns buf from then on. */
+void layer_net_set_grads(layer_net *n, float *buf);
 
 /* Collective hook for distributed BatchNormalization: sums buf[0..n) over all ranks in place.
  * When set, a training forward calls it once per BatchNormalization call (batch mean and
@@ -81,6 +89,18 @@ typedef int (*layer_grad_ready_fn)(void *ctx, size_t lo, size_t hi, err_info *e)
  * would draw for the whole batch, whatever the number of ranks. Set it before each forward
  * (e.g. the start of this rank's slice of the global batch). */
 void layer_net_set_row_offset(layer_net *n, int64_t first_row);
+
+/* Whether training forwards update the BatchNormalization moving statistics in m (default
+ * true). When several training nets of one model run side by side on slices of one batch (worker
+ * threads, sharing batch statistics through the reduce hook), exactly one of them must update
+ * them, once per step; the others set false. The update happens after the layer's reduce-hook
+ * call returns; nets read the moving mean only before that call (it is copied into the net), so
+ * the others may still be running that layer. */
+void layer_net_set_update_moving(layer_net *n, bool update);
+
+/* The largest n any reduce-hook call of this net will pass (0 if it never calls the hook):
+ * lets a caller that combines several nets' sums size its buffers once. */
+int64_t layer_net_reduce_max(const layer_net *n);
 
 /* Runs the model on the first rows rows (0 <= rows <= max_batch; 0 is allowed so that a rank
  * with an empty share still joins the collectives). training selects Keras' training mode

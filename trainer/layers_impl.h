@@ -74,6 +74,7 @@ typedef struct lnode {
     } g;
     int64_t p[8];    /* kind-specific extents (documented where used) */
     double bn_count; /* BatchNormalization: global element count per channel, last forward */
+    int64_t red_n;   /* most doubles one reduce-hook call of this node sums (coll_fwd nodes) */
 } lnode;
 
 typedef struct lrange {
@@ -93,8 +94,9 @@ struct layer_net {
     int *in_t;         /* model input i -> tensor id */
     int *out_t;        /* model output i -> tensor id */
     float **out_extra; /* duplicate output gradients (NULL if the group grad is used) */
-    float *grads;
-    float *ws; /* shared scratch */
+    float *grads;      /* the weight gradient in use: grads_own or a caller's buffer */
+    float *grads_own;  /* the one the net allocated (freed by layer_net_destroy) */
+    float *ws;         /* shared scratch */
     size_t ws_floats;
     void *arena;
     size_t arena_bytes;
@@ -108,6 +110,7 @@ struct layer_net {
     bool *layer_bwd;  /* per layer: some node writes its gradients */
     layer_reduce_fn reduce;
     void *reduce_ctx;
+    bool update_moving; /* training forwards update moving statistics (default true) */
     /* The last forward. */
     int64_t fwd_rows;
     bool fwd_training;

@@ -57,6 +57,7 @@ int layer__batchnorm_plan(layer_net *n, lnode *d, err_info *e)
     d->need_ws = (size_t)(5 * C);
     d->coll_fwd = n->training && L->trainable;
     d->coll_bwd = d->coll_fwd && d->in[0].dx;
+    d->red_n = 2 * C + 1;
     return ERR_OK;
 }
 
@@ -96,12 +97,17 @@ int layer__batchnorm_forward(layer_net *n, lnode *d, int64_t rows, bool training
     double *mean = d->stats, *invstd = d->stats + C, *red = d->stats + 2 * C;
     bool batch = training && L->trainable;
     if (batch) {
+        /* The shift is copied first: when several nets of one model train side by side (worker
+         * threads), the net that updates the moving statistics may do so as soon as the reduce
+         * hook returns, while the others still need the old moving mean. */
+        for (int64_t ch = 0; ch < C; ch++)
+            mean[ch] = mm[ch];
         memset(red, 0, sizeof(double) * (size_t)(2 * C + 1));
         for (int64_t o = 0; inner == 1 && o < outer; o++) {
             /* Channels last: one pass over each row, vectorised across channels. */
             const float *xo = x + o * C;
             for (int64_t ch = 0; ch < C; ch++) {
-                double v = (double)xo[ch] - (double)mm[ch];
+                double v = (double)xo[ch] - mean[ch];
                 red[ch] += v;
                 red[C + ch] += v * v;
             }
@@ -109,7 +115,7 @@ int layer__batchnorm_forward(layer_net *n, lnode *d, int64_t rows, bool training
         for (int64_t o = 0; inner != 1 && o < outer; o++) {
             for (int64_t ch = 0; ch < C; ch++) {
                 const float *xs = x + (o * C + ch) * inner;
-                double shift = mm[ch], s1 = 0, s2 = 0;
+                double shift = mean[ch], s1 = 0, s2 = 0;
                 for (int64_t i = 0; i < inner; i++) {
                     double v = (double)xs[i] - shift;
                     s1 += v;
@@ -127,17 +133,19 @@ int layer__batchnorm_forward(layer_net *n, lnode *d, int64_t rows, bool training
         d->bn_count = N;
         for (int64_t ch = 0; ch < C; ch++) {
             if (N > 0) {
-                double m1 = red[ch] / N;
+                double shift = mean[ch], m1 = red[ch] / N;
                 double var = red[C + ch] / N - m1 * m1;
                 if (var < 0)
                     var = 0;
-                mean[ch] = mm[ch] + m1;
+                mean[ch] = shift + m1;
                 invstd[ch] = 1.0 / sqrt(var + c->epsilon);
-                mm[ch] = (float)(mm[ch] * c->momentum + mean[ch] * (1.0 - c->momentum));
-                mv[ch] = (float)(mv[ch] * c->momentum + var * (1.0 - c->momentum));
+                if (n->update_moving) {
+                    mm[ch] = (float)(shift * c->momentum + mean[ch] * (1.0 - c->momentum));
+                    mv[ch] = (float)(mv[ch] * c->momentum + var * (1.0 - c->momentum));
+                }
             } else {
-                /* No rows on any rank: nothing to normalise and nothing to learn. */
-                mean[ch] = mm[ch];
+                /* No rows on any rank: nothing to normalise and nothing to learn (and no net
+                 * updates the moving statistics, so reading them here is safe). */
                 invstd[ch] = 1.0 / sqrt((double)mv[ch] + c->epsilon);
             }
         }

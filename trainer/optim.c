@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kern_conv.h"
+
 /* Per-step scalars of the update rules, rounded to float32 once per step (Keras casts its Python
  * float hyperparameters to the variable dtype inside update_step). */
 typedef struct step_coef {
@@ -18,6 +20,21 @@ typedef struct step_coef {
     float c6;   /* RMSprop momentum */
     float eps;  /* epsilon */
 } step_coef;
+
+/* The loops are memory-bound elementwise passes whose cost is in the division and square root
+ * (Adam: about a tenth of an MLP step at one thread). The build has no -march, so each loop is
+ * compiled three times: generic (SSE2), AVX2 and AVX-512, chosen at optim_create() by what the CPU
+ * supports (the pattern of kernels/kern_conv.c). All three give the same bits: the operations are
+ * IEEE-exact elementwise (add, mul, div, sqrt, min/max), and ISO C mode (-std=c11) keeps GCC from
+ * contracting a * b + c into an FMA. */
+#define OPTIM_INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__)
+#define OPTIM_X86 1
+#define OPTIM_TARGET_AVX2 __attribute__((target("avx2")))
+#define OPTIM_TARGET_AVX512 __attribute__((target("avx512f,avx2,prefer-vector-width=512")))
+#else
+#define OPTIM_X86 0
+#endif
 
 /* Update loops, one per rule variant, so that the element loop never branches on the kind or
  * its options. p, g and the slots are [n]; gs scales the gradient (clipnorm/global_clipnorm). */
@@ -50,19 +67,21 @@ struct optim {
     int n_seg;
     size_t *seg_off, *seg_cnt;
     float *seg_scale; /* per-step scratch, sized at creation */
+    step_coef k;      /* this step's scalars (optim_step_begin) */
+    update_fn fn;     /* the rule's loop for this CPU */
 };
 
 /* Clip the (scaled) gradient to [-c, c]; c = +inf is the identity (NaN passes through). */
-static inline float grad_prep(float g, float gs, float c)
+OPTIM_INLINE float grad_prep(float g, float gs, float c)
 {
     g *= gs;
     g = g < -c ? -c : g;
     return g > c ? c : g;
 }
 
-static void upd_sgd(const step_coef *k, size_t n, float gs, float *restrict p,
-                    const float *restrict g, float *restrict s0, float *restrict s1,
-                    float *restrict s2)
+OPTIM_INLINE void upd_sgd_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                               const float *restrict g, float *restrict s0, float *restrict s1,
+                               float *restrict s2)
 {
     (void)s0, (void)s1, (void)s2;
     const float lr = k->lr, wd = k->wdlr, cv = k->clip;
@@ -73,9 +92,9 @@ static void upd_sgd(const step_coef *k, size_t n, float gs, float *restrict p,
     }
 }
 
-static void upd_sgd_momentum(const step_coef *k, size_t n, float gs, float *restrict p,
-                             const float *restrict g, float *restrict s0, float *restrict s1,
-                             float *restrict s2)
+OPTIM_INLINE void upd_sgd_momentum_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                                        const float *restrict g, float *restrict s0,
+                                        float *restrict s1, float *restrict s2)
 {
     (void)s1, (void)s2;
     const float lr = k->lr, wd = k->wdlr, cv = k->clip, mom = k->c1;
@@ -88,9 +107,9 @@ static void upd_sgd_momentum(const step_coef *k, size_t n, float gs, float *rest
     }
 }
 
-static void upd_sgd_nesterov(const step_coef *k, size_t n, float gs, float *restrict p,
-                             const float *restrict g, float *restrict s0, float *restrict s1,
-                             float *restrict s2)
+OPTIM_INLINE void upd_sgd_nesterov_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                                        const float *restrict g, float *restrict s0,
+                                        float *restrict s1, float *restrict s2)
 {
     (void)s1, (void)s2;
     const float lr = k->lr, wd = k->wdlr, cv = k->clip, mom = k->c1;
@@ -103,9 +122,9 @@ static void upd_sgd_nesterov(const step_coef *k, size_t n, float gs, float *rest
     }
 }
 
-static void upd_adam(const step_coef *k, size_t n, float gs, float *restrict p,
-                     const float *restrict g, float *restrict s0, float *restrict s1,
-                     float *restrict s2)
+OPTIM_INLINE void upd_adam_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                                const float *restrict g, float *restrict s0, float *restrict s1,
+                                float *restrict s2)
 {
     (void)s2;
     const float wd = k->wdlr, cv = k->clip, omb1 = k->c1, omb2 = k->c2, alpha = k->c3;
@@ -121,9 +140,9 @@ static void upd_adam(const step_coef *k, size_t n, float gs, float *restrict p,
     }
 }
 
-static void upd_adam_amsgrad(const step_coef *k, size_t n, float gs, float *restrict p,
-                             const float *restrict g, float *restrict s0, float *restrict s1,
-                             float *restrict s2)
+OPTIM_INLINE void upd_adam_amsgrad_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                                        const float *restrict g, float *restrict s0,
+                                        float *restrict s1, float *restrict s2)
 {
     const float wd = k->wdlr, cv = k->clip, omb1 = k->c1, omb2 = k->c2, alpha = k->c3;
     const float eps = k->eps;
@@ -142,9 +161,9 @@ static void upd_adam_amsgrad(const step_coef *k, size_t n, float gs, float *rest
 
 /* RMSprop, Keras 3: epsilon is added under the square root:
  * increment = lr * g / sqrt(velocity + eps) (centered: velocity - avg^2 + eps). */
-static void upd_rmsprop(const step_coef *k, size_t n, float gs, float *restrict p,
-                        const float *restrict g, float *restrict s0, float *restrict s1,
-                        float *restrict s2)
+OPTIM_INLINE void upd_rmsprop_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                                   const float *restrict g, float *restrict s0, float *restrict s1,
+                                   float *restrict s2)
 {
     (void)s1, (void)s2;
     const float lr = k->lr, wd = k->wdlr, cv = k->clip, rho = k->c1, omr = k->c2, eps = k->eps;
@@ -157,9 +176,10 @@ static void upd_rmsprop(const step_coef *k, size_t n, float gs, float *restrict 
     }
 }
 
-static void upd_rmsprop_momentum(const step_coef *k, size_t n, float gs, float *restrict p,
-                                 const float *restrict g, float *restrict s0, float *restrict s1,
-                                 float *restrict s2)
+OPTIM_INLINE void upd_rmsprop_momentum_body(const step_coef *k, size_t n, float gs,
+                                            float *restrict p, const float *restrict g,
+                                            float *restrict s0, float *restrict s1,
+                                            float *restrict s2)
 {
     (void)s2;
     const float lr = k->lr, wd = k->wdlr, cv = k->clip, rho = k->c1, omr = k->c2, eps = k->eps;
@@ -175,9 +195,10 @@ static void upd_rmsprop_momentum(const step_coef *k, size_t n, float gs, float *
     }
 }
 
-static void upd_rmsprop_centered(const step_coef *k, size_t n, float gs, float *restrict p,
-                                 const float *restrict g, float *restrict s0, float *restrict s1,
-                                 float *restrict s2)
+OPTIM_INLINE void upd_rmsprop_centered_body(const step_coef *k, size_t n, float gs,
+                                            float *restrict p, const float *restrict g,
+                                            float *restrict s0, float *restrict s1,
+                                            float *restrict s2)
 {
     (void)s2;
     /* Without momentum the average gradient is the second slot. */
@@ -193,9 +214,10 @@ static void upd_rmsprop_centered(const step_coef *k, size_t n, float gs, float *
     }
 }
 
-static void upd_rmsprop_momentum_centered(const step_coef *k, size_t n, float gs, float *restrict p,
-                                          const float *restrict g, float *restrict s0,
-                                          float *restrict s1, float *restrict s2)
+OPTIM_INLINE void upd_rmsprop_momentum_centered_body(const step_coef *k, size_t n, float gs,
+                                                     float *restrict p, const float *restrict g,
+                                                     float *restrict s0, float *restrict s1,
+                                                     float *restrict s2)
 {
     const float lr = k->lr, wd = k->wdlr, cv = k->clip, rho = k->c1, omr = k->c2, eps = k->eps;
     const float mom = k->c6;
@@ -212,9 +234,9 @@ static void upd_rmsprop_momentum_centered(const step_coef *k, size_t n, float gs
     }
 }
 
-static void upd_adagrad(const step_coef *k, size_t n, float gs, float *restrict p,
-                        const float *restrict g, float *restrict s0, float *restrict s1,
-                        float *restrict s2)
+OPTIM_INLINE void upd_adagrad_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                                   const float *restrict g, float *restrict s0, float *restrict s1,
+                                   float *restrict s2)
 {
     (void)s1, (void)s2;
     const float lr = k->lr, wd = k->wdlr, cv = k->clip, eps = k->eps;
@@ -229,9 +251,9 @@ static void upd_adagrad(const step_coef *k, size_t n, float gs, float *restrict 
 
 /* Nadam, Keras 3: m_hat = u_{t+1} m / (1 - prod u_{..t+1}) + (1 - u_t) g / (1 - prod u_{..t}),
  * v_hat = v / (1 - beta_2^t), p -= lr m_hat / (sqrt(v_hat) + eps). */
-static void upd_nadam(const step_coef *k, size_t n, float gs, float *restrict p,
-                      const float *restrict g, float *restrict s0, float *restrict s1,
-                      float *restrict s2)
+OPTIM_INLINE void upd_nadam_body(const step_coef *k, size_t n, float gs, float *restrict p,
+                                 const float *restrict g, float *restrict s0, float *restrict s1,
+                                 float *restrict s2)
 {
     (void)s2;
     const float lr = k->lr, wd = k->wdlr, cv = k->clip, omb1 = k->c1, omb2 = k->c2;
@@ -249,6 +271,42 @@ static void upd_nadam(const step_coef *k, size_t n, float gs, float *restrict p,
     }
 }
 
+#define UPD_ARGS                                                                                   \
+    const step_coef *k, size_t n, float gs, float *restrict p, const float *restrict g,            \
+        float *restrict s0, float *restrict s1, float *restrict s2
+#if OPTIM_X86
+#define UPD_VARIANTS(name)                                                                         \
+    static void name(UPD_ARGS)                                                                     \
+    {                                                                                              \
+        name##_body(k, n, gs, p, g, s0, s1, s2);                                                   \
+    }                                                                                              \
+    OPTIM_TARGET_AVX2 static void name##_avx2(UPD_ARGS)                                            \
+    {                                                                                              \
+        name##_body(k, n, gs, p, g, s0, s1, s2);                                                   \
+    }                                                                                              \
+    OPTIM_TARGET_AVX512 static void name##_avx512(UPD_ARGS)                                        \
+    {                                                                                              \
+        name##_body(k, n, gs, p, g, s0, s1, s2);                                                   \
+    }
+#else
+#define UPD_VARIANTS(name)                                                                         \
+    static void name(UPD_ARGS)                                                                     \
+    {                                                                                              \
+        name##_body(k, n, gs, p, g, s0, s1, s2);                                                   \
+    }
+#endif
+UPD_VARIANTS(upd_sgd)
+UPD_VARIANTS(upd_sgd_momentum)
+UPD_VARIANTS(upd_sgd_nesterov)
+UPD_VARIANTS(upd_adam)
+UPD_VARIANTS(upd_adam_amsgrad)
+UPD_VARIANTS(upd_rmsprop)
+UPD_VARIANTS(upd_rmsprop_momentum)
+UPD_VARIANTS(upd_rmsprop_centered)
+UPD_VARIANTS(upd_rmsprop_momentum_centered)
+UPD_VARIANTS(upd_adagrad)
+UPD_VARIANTS(upd_nadam)
+
 static const update_fn UPDATE_FNS[] = {
     [RULE_SGD] = upd_sgd,
     [RULE_SGD_MOMENTUM] = upd_sgd_momentum,
@@ -263,6 +321,37 @@ static const update_fn UPDATE_FNS[] = {
     [RULE_NADAM] = upd_nadam,
 };
 _Static_assert(sizeof UPDATE_FNS / sizeof UPDATE_FNS[0] == RULE_COUNT, "one loop per rule");
+#if OPTIM_X86
+static const update_fn UPDATE_FNS_AVX2[] = {
+    [RULE_SGD] = upd_sgd_avx2,
+    [RULE_SGD_MOMENTUM] = upd_sgd_momentum_avx2,
+    [RULE_SGD_NESTEROV] = upd_sgd_nesterov_avx2,
+    [RULE_ADAM] = upd_adam_avx2,
+    [RULE_ADAM_AMSGRAD] = upd_adam_amsgrad_avx2,
+    [RULE_RMSPROP] = upd_rmsprop_avx2,
+    [RULE_RMSPROP_MOMENTUM] = upd_rmsprop_momentum_avx2,
+    [RULE_RMSPROP_CENTERED] = upd_rmsprop_centered_avx2,
+    [RULE_RMSPROP_MOMENTUM_CENTERED] = upd_rmsprop_momentum_centered_avx2,
+    [RULE_ADAGRAD] = upd_adagrad_avx2,
+    [RULE_NADAM] = upd_nadam_avx2,
+};
+_Static_assert(sizeof UPDATE_FNS_AVX2 / sizeof UPDATE_FNS_AVX2[0] == RULE_COUNT, "one per rule");
+static const update_fn UPDATE_FNS_AVX512[] = {
+    [RULE_SGD] = upd_sgd_avx512,
+    [RULE_SGD_MOMENTUM] = upd_sgd_momentum_avx512,
+    [RULE_SGD_NESTEROV] = upd_sgd_nesterov_avx512,
+    [RULE_ADAM] = upd_adam_avx512,
+    [RULE_ADAM_AMSGRAD] = upd_adam_amsgrad_avx512,
+    [RULE_RMSPROP] = upd_rmsprop_avx512,
+    [RULE_RMSPROP_MOMENTUM] = upd_rmsprop_momentum_avx512,
+    [RULE_RMSPROP_CENTERED] = upd_rmsprop_centered_avx512,
+    [RULE_RMSPROP_MOMENTUM_CENTERED] = upd_rmsprop_momentum_centered_avx512,
+    [RULE_ADAGRAD] = upd_adagrad_avx512,
+    [RULE_NADAM] = upd_nadam_avx512,
+};
+_Static_assert(sizeof UPDATE_FNS_AVX512 / sizeof UPDATE_FNS_AVX512[0] == RULE_COUNT,
+               "one per rule");
+#endif
 
 static rule_kind rule_of(const model_optim_config *c)
 {
@@ -466,6 +555,13 @@ int optim_create(model *m, optim **out, err_info *e)
         return err_set(e, ERR_NOMEM, "optimizer: out of memory");
     o->cfg = *c;
     o->rule = rule_of(c);
+    o->fn = UPDATE_FNS[o->rule];
+#if OPTIM_X86
+    if (kern_isa_supported(KERN_ISA_AVX512))
+        o->fn = UPDATE_FNS_AVX512[o->rule];
+    else if (kern_isa_supported(KERN_ISA_AVX2))
+        o->fn = UPDATE_FNS_AVX2[o->rule];
+#endif
     o->n = m->n_trainable;
     o->n_slots = optim_slot_count(c);
 
@@ -572,7 +668,7 @@ static double sumsq(const float *g, size_t n)
     return s;
 }
 
-int optim_step(optim *o, model *m, const float *grads, err_info *e)
+int optim_step_begin(optim *o, model *m, const float *grads, err_info *e)
 {
     const model_optim_config *c = &o->cfg;
     if (m->n_trainable != o->n || m->opt.n_slots != o->n_slots)
@@ -642,16 +738,43 @@ int optim_step(optim *o, model *m, const float *grads, err_info *e)
         o->seg_scale[0] = 1.0f;
     }
 
-    update_fn fn = UPDATE_FNS[o->rule];
+    o->k = k;
+    return ERR_OK;
+}
+
+void optim_step_range(const optim *o, model *m, const float *grads, size_t lo, size_t hi)
+{
+    update_fn fn = o->fn;
     float *slots = m->opt.slots;
     size_t n = o->n;
+    if (hi > n)
+        hi = n;
+    /* The rules are elementwise: any split into ranges gives the same bits as one pass. */
     for (int s = 0; s < o->n_seg; s++) {
-        size_t off = o->seg_off[s];
-        float *s0 = o->n_slots > 0 ? slots + off : NULL;
-        float *s1 = o->n_slots > 1 ? slots + n + off : NULL;
-        float *s2 = o->n_slots > 2 ? slots + 2 * n + off : NULL;
-        fn(&k, o->seg_cnt[s], o->seg_scale[s], m->params + off, grads + off, s0, s1, s2);
+        size_t a = o->seg_off[s], b = a + o->seg_cnt[s];
+        a = a > lo ? a : lo;
+        b = b < hi ? b : hi;
+        if (a >= b)
+            continue;
+        float *s0 = o->n_slots > 0 ? slots + a : NULL;
+        float *s1 = o->n_slots > 1 ? slots + n + a : NULL;
+        float *s2 = o->n_slots > 2 ? slots + 2 * n + a : NULL;
+        fn(&o->k, b - a, o->seg_scale[s], m->params + a, grads + a, s0, s1, s2);
     }
-    m->opt.iterations = it + 1;
+}
+
+void optim_step_end(const optim *o, model *m)
+{
+    (void)o;
+    m->opt.iterations++;
+}
+
+int optim_step(optim *o, model *m, const float *grads, err_info *e)
+{
+    int rc = optim_step_begin(o, m, grads, e);
+    if (rc != ERR_OK)
+        return rc;
+    optim_step_range(o, m, grads, 0, o->n);
+    optim_step_end(o, m);
     return ERR_OK;
 }

@@ -64,4 +64,15 @@ double optim_schedule_value(const model_schedule *s, int64_t iteration);
  * the model the handle was created for (trainable count or slot count changed). */
 int optim_step(optim *o, model *m, const float *grads, err_info *e);
 
+/* optim_step() in three parts, so that worker threads can each update a range of the
+ * parameters: optim_step_begin() computes this step's scalars, the clipping norms (over the
+ * whole gradient, which must be final) and Nadam's u_product; optim_step_range() applies the
+ * rule to elements [lo, hi) (ranges of different calls must not overlap; together they must
+ * cover [0, n_trainable) once); optim_step_end() increments m->opt.iterations. The bits are the
+ * same as optim_step()'s for any split. Concurrent optim_step_range() calls on disjoint ranges
+ * are safe; begin and end must not overlap them. Errors of begin as optim_step(). */
+int optim_step_begin(optim *o, model *m, const float *grads, err_info *e);
+void optim_step_range(const optim *o, model *m, const float *grads, size_t lo, size_t hi);
+void optim_step_end(const optim *o, model *m);
+
 #endif

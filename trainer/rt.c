@@ -486,6 +486,13 @@ int rt_blas_threads(const rt *r)
     return r->blas_threads;
 }
 
+void rt_blas_threads_set(rt *r, int n)
+{
+    CHECK(n >= 1);
+    openblas_set_num_threads(n);
+    r->blas_threads = n;
+}
+
 int rt_cores(const rt *r)
 {
     return r->cores;

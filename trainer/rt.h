@@ -74,7 +74,10 @@ int rt_local_size(const rt *r); /* ranks on this node */
 MPI_Comm rt_comm(const rt *r);  /* borrowed; MPI_ERRORS_RETURN */
 double rt_comm_timeout(const rt *r);
 int rt_blas_threads(const rt *r); /* OpenBLAS threads of this rank, as set by rt_init */
-int rt_cores(const rt *r);        /* cores this rank may run on (its affinity mask) */
+/* Changes the OpenBLAS thread count (n >= 1) after rt_init, e.g. to 1 when the rank runs worker
+ * threads that call BLAS side by side (docs/design.md, "Threads"). Not during a BLAS call. */
+void rt_blas_threads_set(rt *r, int n);
+int rt_cores(const rt *r); /* cores this rank may run on (its affinity mask) */
 uint64_t rt_seed(const rt *r);
 bool rt_verbose_ranks(const rt *r);
 /* True when this node has more ranks than cores: waits then sleep instead of spinning. */

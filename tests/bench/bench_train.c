@@ -2,7 +2,8 @@
  * built-in Fashion-MNIST MLP or CNN by default) on the real Fashion-MNIST training set through
  * the same path as `cornu train` -- kjson_model_parse(), init_model(), the IDX data sources,
  * fit_session_create() and fit_train() (data loading with shuffling, forward, loss and metrics,
- * backward, Adam) -- in one process with OpenBLAS on --threads threads.
+ * backward, Adam) -- in one process with --workers worker threads (fit_config.threads: each
+ * trains a slice of every batch) of --threads OpenBLAS threads each.
  *
  * Timing: fit_train() runs warm-up steps, then --windows windows of --steps steps each; the
  * on_step callback timestamps every step, so a window's time is exactly its steps (data
@@ -196,9 +197,10 @@ static int cmp_double(const void *a, const void *b)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_train [--model mlp|cnn|MODEL.json] [--threads N] [--batch N]\n"
-                    "                   [--warmup N] [--steps N] [--windows N] [--seed N]\n"
-                    "                   [--data-dir DIR] [--loop fit|engine]\n");
+    fprintf(stderr, "usage: bench_train [--model mlp|cnn|MODEL.json] [--threads N] [--workers N]\n"
+                    "                   [--batch N] [--warmup N] [--steps N] [--windows N]\n"
+                    "                   [--seed N] [--data-dir DIR] [--loop fit|engine]\n"
+                    "  --threads: OpenBLAS threads per worker; --workers: worker threads\n");
 }
 
 static int arg_int(const char *v, int64_t lo, int64_t *out)
@@ -215,7 +217,7 @@ static int arg_int(const char *v, int64_t lo, int64_t *out)
 int main(int argc, char **argv)
 {
     const char *model_arg = "mlp", *data_dir = NULL, *loop = "fit";
-    int64_t threads = 1, batch = 128, warmup = 10, steps = 50, windows = 5, seed = 1;
+    int64_t threads = 1, workers = 1, batch = 128, warmup = 10, steps = 50, windows = 5, seed = 1;
     for (int i = 1; i < argc; i += 2) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = v != NULL;
@@ -228,6 +230,8 @@ int main(int argc, char **argv)
             loop = v;
         else if (ok && strcmp(argv[i], "--threads") == 0)
             ok = arg_int(v, 1, &threads);
+        else if (ok && strcmp(argv[i], "--workers") == 0)
+            ok = arg_int(v, 1, &workers) && workers <= FIT_MAX_THREADS;
         else if (ok && strcmp(argv[i], "--batch") == 0)
             ok = arg_int(v, 1, &batch);
         else if (ok && strcmp(argv[i], "--warmup") == 0)
@@ -307,6 +311,7 @@ int main(int argc, char **argv)
     fc.shuffle = true;
     fc.epochs = (total + per_epoch - 1) / per_epoch;
     fc.steps_limit = total < per_epoch ? total : per_epoch;
+    fc.threads = (int)workers;
     b.cap = fc.epochs * fc.steps_limit;
     b.warmup = warmup;
     b.t = calloc((size_t)b.cap, sizeof *b.t);
@@ -357,13 +362,14 @@ int main(int argc, char **argv)
         if (strcmp(last.names[i], "loss") == 0)
             loss_v = last.values[i];
     double data_frac = b.timing.step_s > 0 ? b.timing.data_s / b.timing.step_s : 0;
-    printf("RESULT impl=cornu loop=%s model=%s threads=%lld batch=%lld steps=%lld windows=%lld "
+    printf("RESULT impl=cornu loop=%s model=%s threads=%lld workers=%lld blas_threads=%lld "
+           "batch=%lld steps=%lld windows=%lld "
            "samples_per_s=%.2f median_samples_per_s=%.2f step_ms=%.4f data_frac=%.4f "
            "peak_rss_mb=%.1f faults_per_step=%.1f params=%zu loss=%.4f total_s=%.2f\n",
-           loop, model_arg, (long long)threads, (long long)batch, (long long)steps,
-           (long long)windows, (double)(steps * batch) / best, (double)(steps * batch) / median,
-           1e3 * best / (double)steps, data_frac, (double)ru.ru_maxrss / 1024.0, faults,
-           m->n_params, loss_v, t_all);
+           loop, model_arg, (long long)(threads * workers), (long long)workers, (long long)threads,
+           (long long)batch, (long long)steps, (long long)windows, (double)(steps * batch) / best,
+           (double)(steps * batch) / median, 1e3 * best / (double)steps, data_frac,
+           (double)ru.ru_maxrss / 1024.0, faults, m->n_params, loss_v, t_all);
     if (!isfinite(loss_v)) {
         rc = err_set(&e, ERR_NUMERIC, "training loss is %g", loss_v);
         goto done;

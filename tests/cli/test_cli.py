@@ -307,6 +307,91 @@ def case_mpi_equivalence():
                 check(err <= 1e-5, f"{os.path.basename(model)}: {n} ranks == 1 rank (max rel err {err:.2e} <= 1e-5)")
 
 
+def cnn_bn_model():
+    """The built-in CNN with a BatchNormalization after its first convolution (no bias there)."""
+    model = path("cnn_bn.json")
+    with open(os.path.join(MODELS, "fashion_cnn.json")) as f:
+        text = f.read()
+    text = text.replace('{"class_name": "MaxPooling2D", "config": {"name": "max_pooling2d",',
+                        '{"class_name": "BatchNormalization", "config": {"name": "bn", "axis": -1, "momentum": 0.9}},\n'
+                        '  {"class_name": "MaxPooling2D", "config": {"name": "max_pooling2d",')
+    text = text.replace('"use_bias": true', '"use_bias": false', 1)
+    with open(model, "w") as f:
+        f.write(text)
+    return model
+
+
+def case_threads_equivalence():
+    """Worker threads (--threads N --blas-threads 1) split each batch inside one process: the
+    result equals one thread's within rounding, and the same thread count gives the same bits."""
+    drop = path("mlp_drop.json")
+    with open(os.path.join(MODELS, "fashion_mlp.json")) as f:
+        text = f.read()
+    text = text.replace('{"class_name": "Dense", "config": {"name": "dense_1"',
+                        '{"class_name": "Dropout", "config": {"name": "dropout", "rate": 0.3}},\n'
+                        '  {"class_name": "Dense", "config": {"name": "dense_1"')
+    with open(drop, "w") as f:
+        f.write(text)
+    # Same step counts and optimizer as mpi_equivalence (see the reasons there); batch 100 split
+    # over 3 workers is uneven (34, 33, 33).
+    for model, steps in [(drop, "25"), (cnn_bn_model(), "3")]:
+        name = os.path.basename(model)
+        args = [model, "--epochs", "1", "--steps-per-epoch", steps, "--batch-size", "100", "--seed", "2",
+                "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--blas-threads", "1"]
+        ref = trained_weights(f"{name}.t1.h5", *args, "--threads", "1")
+        for n in (2, 3):
+            w = trained_weights(f"{name}.t{n}.h5", *args, "--threads", str(n))
+            if w and ref:
+                err = max_rel(w, ref)
+                check(err <= 1e-5, f"{name}: {n} threads == 1 thread (max rel err {err:.2e} <= 1e-5)")
+        again = trained_weights(f"{name}.t2b.h5", *args, "--threads", "2")
+        first = weights(path(f"{name}.t2.h5")) if os.path.exists(path(f"{name}.t2.h5")) else {}
+        check(again and first and all(np.array_equal(again[k], first[k]) for k in first),
+              f"{name}: 2 threads twice, same bits")
+    # Evaluate and predict of the trained CNN with BatchNormalization (inference statistics).
+    cnn = path("cnn_bn.json.t1.h5")
+    x = np.random.default_rng(5).random((77, 28, 28), dtype=np.float32)
+    np.save(path("px.npy"), x)
+    outs, lines = {}, {}
+    for n in (1, 2, 3):
+        p = run("predict", cnn, path("px.npy"), "-o", path(f"py{n}.npy"), "--batch-size", "32",
+                "--threads", str(n), "--blas-threads", "1")
+        check(p.returncode == 0, f"predict --threads {n}", p)
+        if p.returncode == 0:
+            outs[n] = np.load(path(f"py{n}.npy"))
+        p = run("evaluate", cnn, "--data", small_data(), "--batch-size", "64", "--threads", str(n),
+                "--blas-threads", "1")
+        check(p.returncode == 0, f"evaluate --threads {n}", p)
+        if p.returncode == 0:
+            lines[n] = [float(t.split(":")[1]) for t in p.stdout.strip().split(" - ")]
+    for n in (2, 3):
+        if n in outs and 1 in outs:
+            err = float(np.max(np.abs(outs[n] - outs[1])) / max(float(np.max(np.abs(outs[1]))), 1e-12))
+            check(err <= 1e-6, f"predict: {n} threads == 1 thread (max rel err {err:.2e} <= 1e-6)")
+        if n in lines and 1 in lines:
+            err = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(lines[n], lines[1]))
+            check(len(lines[n]) == len(lines[1]) and err <= 1e-6,
+                  f"evaluate: {n} threads == 1 thread ({lines[n]} vs {lines[1]})")
+    # A bad label found by one worker is reported like with one thread, without hanging.
+    p = run("train", "--data", small_data(bad_label=12), "--epochs", "1", "--batch-size", "64",
+            "--threads", "2", "--blas-threads", "1", timeout=120)
+    check(p.returncode == 2 and "12" in p.stderr, "bad label with 2 threads: exit 2, names the label", p)
+
+
+def case_mpi_threads():
+    """2 ranks x 2 worker threads == 1 rank x 1 thread within rounding (CNN with BatchNorm:
+    statistics summed over workers, then ranks)."""
+    model = cnn_bn_model()
+    args = [model, "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "100", "--seed", "2",
+            "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--blas-threads", "1"]
+    ref = trained_weights("r1t1.h5", *args, "--threads", "1")
+    for np_, t in ((2, 2), (3, 2)):
+        w = trained_weights(f"r{np_}t{t}.h5", *args, "--threads", str(t), mpi=np_)
+        if w and ref:
+            err = max_rel(w, ref)
+            check(err <= 1e-5, f"{np_} ranks x {t} threads == 1 x 1 (max rel err {err:.2e} <= 1e-5)")
+
+
 def rank_pids(rank):
     """PIDs of cornu processes whose Open MPI rank is `rank` (read from /proc/PID/environ)."""
     pids = []
@@ -381,7 +466,22 @@ def accuracy(model, threshold, batch):
           f"evaluate of the saved model ({acc:.4f}) == last epoch's val_accuracy", p)
 
 
+def case_corrupt_h5():
+    """Corrupted .h5 files on which libhdf5 1.10.8 itself crashes (SIGSEGV inside the library,
+    found by mutating small Keras files): the cornu command must still exit 2 naming the file,
+    never die of a signal (launch/crashguard.c, docs/formats/keras-h5.md)."""
+    crash_dir = os.path.join(HERE, "..", "fuzz", "corpus", "kh5_crash")
+    files = sorted(f for f in os.listdir(crash_dir) if f.endswith(".h5"))
+    check(len(files) > 0, f"reproducers present in {crash_dir}")
+    for f in files:
+        src = os.path.join(crash_dir, f)
+        p = run("summary", src, timeout=120)
+        check(p.returncode == 2 and src in p.stderr,
+              f"cornu summary {f}: exit 2 (not a signal), message names the file", p)
+
+
 CASES = {
+    "corrupt_h5": case_corrupt_h5,
     "usage": case_usage,
     "train_outputs": case_train_outputs,
     "bad_input": case_bad_input,
@@ -390,6 +490,8 @@ CASES = {
     "convert": case_convert,
     "resume": case_resume,
     "mpi_equivalence": case_mpi_equivalence,
+    "threads_equivalence": case_threads_equivalence,
+    "mpi_threads": case_mpi_threads,
     "mpi_failure": case_mpi_failure,
     "accuracy_mlp": lambda: accuracy("fashion-mlp", 0.88, "128"),
     "accuracy_cnn": lambda: accuracy("fashion-cnn", 0.91, "64"),
