@@ -305,12 +305,23 @@ static void publish(comm__shm *s, size_t b)
     flag_store(s->pub, s->lrank, b, s->step);
 }
 
-/* dst[lo, hi) = sum over local ranks, in local-rank order, of slot[q][lo, hi). dst is one of the
- * slots, so the sum goes through a small buffer. */
-static void sum_slots(comm__shm *s, size_t lo, size_t hi)
+/* The sum over local ranks, in local-rank order, of slot[q][lo, hi), written into this rank's slot
+ * only (every_slot false: the sum still goes between nodes) or straight into every slot (one
+ * node). Chunks go through a small buffer that stays in L1, so each slot is read once and
+ * written once. With two ranks, one loop reads both slots and writes both. */
+static void sum_slots(comm__shm *s, size_t lo, size_t hi, bool every_slot)
 {
+    if (s->lsize == 2 && every_slot) {
+        float *restrict x = s->slot[0] + lo;
+        float *restrict y = s->slot[1] + lo;
+        for (size_t i = 0; i < hi - lo; i++) {
+            float v = x[i] + y[i];
+            x[i] = v;
+            y[i] = v;
+        }
+        return;
+    }
     float acc[SHM_SUM_CHUNK];
-    float *dst = s->slot[s->lrank];
     for (size_t a = lo; a < hi; a += SHM_SUM_CHUNK) {
         size_t len = hi - a < SHM_SUM_CHUNK ? hi - a : SHM_SUM_CHUNK;
         memcpy(acc, s->slot[0] + a, len * sizeof(float));
@@ -319,10 +330,21 @@ static void sum_slots(comm__shm *s, size_t lo, size_t hi)
             for (size_t i = 0; i < len; i++)
                 acc[i] += src[i];
         }
-        memcpy(dst + a, acc, len * sizeof(float));
+        for (int q = 0; q < s->lsize; q++)
+            if (every_slot || q == s->lrank)
+                memcpy(s->slot[q] + a, acc, len * sizeof(float));
     }
 }
 
+/* Marks owned bucket b done for this step (its sum is in every slot of the node). */
+static void mark_done(comm__shm *s, size_t b)
+{
+    s->own_state[b] = OWN_DONE;
+    flag_store(s->done, s->lrank, b, s->step);
+}
+
+/* After the reduction between nodes: copies this rank's slot range of bucket b into the other
+ * slots of the node. */
 static void write_out(comm__shm *s, size_t b)
 {
     size_t lo = 0, hi = 0;
@@ -331,8 +353,7 @@ static void write_out(comm__shm *s, size_t b)
     for (int q = 0; q < s->lsize; q++)
         if (q != s->lrank)
             memcpy(s->slot[q] + lo, src + lo, (hi - lo) * sizeof(float));
-    s->own_state[b] = OWN_DONE;
-    flag_store(s->done, s->lrank, b, s->step);
+    mark_done(s, b);
 }
 
 /* Sums every owned bucket whose slots are all published (in bucket order, so that cross-node
@@ -348,10 +369,10 @@ static int progress(comm__shm *s, err_info *e)
             break;
         size_t lo = 0, hi = 0;
         bucket_range(s, b, &lo, &hi);
-        sum_slots(s, lo, hi);
+        sum_slots(s, lo, hi, s->nodes == 1);
         s->next_own = b + L;
         if (s->nodes == 1) {
-            write_out(s, b);
+            mark_done(s, b);
             continue;
         }
         int mrc = MPI_Iallreduce(MPI_IN_PLACE, s->slot[s->lrank] + lo, (int)(hi - lo), MPI_FLOAT,
