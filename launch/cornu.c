@@ -93,7 +93,7 @@ static const cli_opt TRAIN_OPTS[] = {
     {"output-kind", CLI_STR, "KIND", "h5 (full model), weights-h5 or json (config only)", "h5"},
     {"history", CLI_STR, "FILE", "write per-epoch logs as CSV (Keras CSVLogger format)", NULL},
     {"quiet", CLI_FLAG, NULL, "print nothing but errors", NULL},
-    {"bucket-mb", CLI_FLOAT, "MB", "gradient allreduce bucket size", "1"},
+    {"bucket-mb", CLI_FLOAT, "MB", "gradient allreduce bucket size", "0.25"},
     {"allreduce", CLI_STR, "HOW",
      "gradient sum: shm (node shared memory, MPI between nodes), mpi, or auto", "auto"},
     {"comm-timeout", CLI_FLOAT, "S", "abort when a collective takes longer than S seconds", "600"},

@@ -18,7 +18,8 @@ repetition so that a noisy period of the shared machine hurts every measurement 
     (tests/bench/ddp_torch.py), and PyTorch's best single-process 2-thread configuration at the
     same global batch 256 (tests/bench/bench_torch.py, in the configurations of tests/bench/run);
   * the gradient communication: a plain blocking MPI_Allreduce of the model's gradient bytes,
-    cornu's bucketed reducer alone on the same bytes (tests/bench/scaling_comm.c), and a size
+    cornu's bucketed reducers alone on the same bytes (tests/bench/scaling_comm.c: the default
+    shared-memory one, `--allreduce shm`, and the MPI_Iallreduce one, `--allreduce mpi`), and a size
     sweep of MPI_Allreduce for the alpha-beta fit; against them the exposed communication and
     the allreduce time in flight that `cornu train --verbose-ranks` reports;
   * a --bucket-mb sweep of the 2x1 weak-scaling run;
@@ -66,7 +67,7 @@ DDP_TARGET = 2.0         # cornu 2x1 samples/s / PyTorch DDP 2x1 samples/s
 TORCH2_TARGET = 1.5      # cornu 2x1 samples/s / PyTorch's best single process with 2 threads
 HIDE_TARGET = 0.5        # 1 - exposed / plain allreduce
 COMM_COST_TARGET = 1.1   # reducer's communication alone / plain allreduce
-BUCKETS_FULL = [0.25, 0.5, 1, 2, 4, 8, 16]
+BUCKETS_FULL = [0.25, 0.5, 1, 2, 4]
 BUCKETS_SMOKE = [0.25, 4]
 # (epochs incl. 1 warm-up, steps per epoch) of every cornu run; DDP/torch (warmup, steps, windows)
 FULL = {"mlp": {"cornu": (13, 10), "torch": (10, 10, 8)},
@@ -76,15 +77,14 @@ SMOKE = {"mlp": {"cornu": (2, 2), "torch": (1, 2, 1)},
 # scaling_step (warm-up steps, steps, window) per model.
 PROBE = {"mlp": (5, 60, 10), "cnn": (3, 20, 5)}
 PROBE_SMOKE = (1, 4, 2)
-# glibc malloc settings under which freed memory stays in the heap (tests/bench/run uses the same
-# for PyTorch): Open MPI's non-blocking allreduce allocates a bucket-sized temporary buffer per
-# call, and with glibc's defaults the heap is trimmed and re-faulted every step.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+# ASAN_OPTIONS: in sanitizer builds, Open MPI's own allocations (its shared-memory windows among
+# them) are still held at exit; the comm tests run with the same setting (tests/comm).
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "ASAN_OPTIONS": "detect_leaks=0"}
 # The 25M-parameter model of the cost model and the cluster links docs/cluster.md assumes.
 BIG_PARAMS = 25_000_000
 BIG_RANKS = (8, 64, 512)
+NODE_RANKS = 8  # ranks (cores) per node assumed by the prediction
 NETWORKS = [("10 GbE TCP (assumed: alpha 50 us, 1.1 GB/s)", 50e-6, 1 / 1.1e9),
             ("100 Gb/s InfiniBand (assumed: alpha 3 us, 11 GB/s)", 3e-6, 1 / 11e9)]
 
@@ -320,26 +320,34 @@ class Bench:
         self.add(("peak",), {"res": results_of(p.wait(600)), **m.stop()})
 
     # ---- communication alone ----
-    def run_comm(self):
+    def run_comm(self, allreduce):
+        """scaling_comm with cornu's shared-memory reducer ("comm", plus the size sweep of the
+        plain allreduce) or its MPI reducer ("comm_mpi")."""
         self.settle()
         m = Meter()
-        floats = ",".join(str(MODELS[k][1]) for k in MODELS)
+        sizes = [MODELS[k][1] for k in MODELS]
+        if allreduce == "shm" and not self.args.smoke:
+            sizes.append(BIG_PARAMS)  # the cost model's node memory traffic, out of cache
+        floats = ",".join(str(x) for x in sizes)
+        sweep = ["--sweep"] if allreduce == "shm" else []
         p = Proc(self.mpirun + [self.comm, "--floats", floats, "--bucket-mb",
                                 ",".join(f"{b:g}" for b in self.buckets()), "--reps",
-                                "5" if self.args.smoke else "100", "--sweep"], MPI_ENV, self.log)
-        self.add(("comm",), {"res": results_of(p.wait(600)), **m.stop()})
+                                "5" if self.args.smoke else "100", "--allreduce", allreduce]
+                 + sweep, MPI_ENV, self.log)
+        key = ("comm",) if allreduce == "shm" else ("comm_mpi",)
+        self.add(key, {"res": results_of(p.wait(600)), **m.stop()})
 
-    def run_probe(self, model, mb, tunables):
-        """tests/bench/scaling_step: the 2x1 weak step with every communication call timed;
-        with tunables, under the glibc malloc settings that stop per-step page faults."""
+    def run_probe(self, model, mb, allreduce):
+        """tests/bench/scaling_step: the 2x1 weak step with every communication call timed,
+        with cornu's shared-memory reducer (allreduce="shm", the default of `cornu train` on
+        one node) or its MPI_Iallreduce reducer ("mpi")."""
         wu, st, wi = PROBE_SMOKE if self.args.smoke else PROBE[model]
         self.settle()
         m = Meter()
-        env = ["-x", f"GLIBC_TUNABLES={MALLOC_TUNABLES}"] if tunables else []
-        p = Proc(self.mpirun + env + [self.step, "--model", model, "--per-rank-batch", str(BATCH),
+        p = Proc(self.mpirun + [self.step, "--allreduce", allreduce, "--model", model, "--per-rank-batch", str(BATCH),
                                       "--bucket-mb", f"{mb:g}", "--warmup", str(wu), "--steps",
                                       str(st), "--window", str(wi)], MPI_ENV, self.log)
-        self.add((model, "probe", mb, tunables), {"res": results_of(p.wait(600)), **m.stop()})
+        self.add((model, "probe", mb, allreduce), {"res": results_of(p.wait(600)), **m.stop()})
 
     def buckets(self):
         return BUCKETS_SMOKE if self.args.smoke else BUCKETS_FULL
@@ -429,6 +437,20 @@ def fit_alpha_beta(recs):
     return alpha, max(beta, 1e-15), my - beta * mx, pts
 
 
+def two_level_time(p, per_node, nbytes, buckets, alpha, beta, gamma):
+    """cornu's gradient sum on p ranks, per_node ranks per node: the shared-memory sum within
+    the node (2 per_node nbytes of memory traffic at gamma s/byte), then, with N > 1 nodes, the
+    per_node bucket owners of each node run a ring allreduce over the N nodes on their nbytes /
+    per_node bytes (buckets / per_node messages each) through the node's one link."""
+    L = min(per_node, p)
+    nodes = max(1, p // L)
+    t = gamma * 2 * L * nbytes
+    if nodes > 1:
+        t += math.ceil(buckets / L) * 2 * (nodes - 1) * alpha + \
+            2 * (nodes - 1) / nodes * nbytes * beta
+    return t
+
+
 def ring_time(p, nbytes, buckets, alpha, beta):
     """Ring allreduce of nbytes in `buckets` messages: 2 (p-1) alpha per bucket plus
     2 (p-1)/p n beta for the bytes."""
@@ -511,7 +533,8 @@ def main():
                     if (m, "torch2", c[0]) in b.runs else 0)[:2]
         b.run_peak()
         for rep in range(reps):
-            b.run_comm()
+            b.run_comm("shm")
+            b.run_comm("mpi")
             for m in models:
                 b.run_single(m)
                 b.run_pair(m)
@@ -522,8 +545,8 @@ def main():
                         b.run_dist(m, ("bucket", mb), ["--per-rank-batch", str(BATCH),
                                                         "--bucket-mb", f"{mb:g}"])
                 for mb in b.buckets():
-                    b.run_probe(m, mb, False)
-                    b.run_probe(m, mb, True)
+                    b.run_probe(m, mb, "shm")
+                    b.run_probe(m, mb, "mpi")
                 b.run_gemm(m)
                 if torch_ok:
                     b.tolerant(b.run_ddp, m)
@@ -576,12 +599,15 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
     comm = b.runs[("comm",)]
     alpha, beta, icpt, pts = fit_alpha_beta(comm)
     data["alpha_s"], data["beta_s_per_byte"] = alpha, beta
-    plain, reducer = {}, {}
+    comm_mpi = b.runs[("comm_mpi",)]
+    plain, reducer, reducer_mpi = {}, {}, {}
     for m in models:
         n = MODELS[m][1]
         plain[m] = best_res(comm, "plain", "best_us", floats=float(n))
         reducer[m] = {mb: best_res(comm, "bucketed", "best_us", floats=float(n),
                                    bucket_mb=float(mb)) for mb in b.buckets()}
+        reducer_mpi[m] = {mb: best_res(comm_mpi, "bucketed", "best_us", floats=float(n),
+                                       bucket_mb=float(mb)) for mb in b.buckets()}
 
     # ---- scaling ----
     p("")
@@ -648,8 +674,9 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
         n = MODELS[m][1]
         pl = plain[m]["best_us"] / 1e3
         rd = reducer[m][dmb]
-        pe = probe(m, dmb, False)
+        pe = probe(m, dmb, "shm")
         exp = pe[0]["last_median_ms"]
+        pm = probe(m, dmb, "mpi")
         hidden = 1 - exp / pl
         cost = rd["best_us"] / 1e3 / pl
         over = res[m][2]["step_ms"] - res[m][1]["step_ms"]
@@ -666,6 +693,8 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
             p(f"        cornu train --verbose-ranks, rank {k}: compute {r[1]:.2f} + exposed comm "
               f"{r[2]:.2f} + data {r[3]:.2f} = step {r[0]:.2f}, in flight {r[4]:.2f} (exposed "
               f"= finish + agreement + time in ready calls)")
+        p(f"        for comparison, --allreduce mpi (MPI_Iallreduce per bucket): reducer alone "
+          f"{reducer_mpi[m][dmb]['best_us'] / 1e3:.3f}, exposed {pm[0]['last_median_ms']:.3f}")
         p(f"        hidden by bucketing and overlap: 1 - exposed/plain = {hidden:.0%} (target >= "
           f"{HIDE_TARGET:.0%}) {verdict(hidden >= HIDE_TARGET)}; total communication cost "
           f"reducer/plain = {cost:.2f}x (target <= {COMM_COST_TARGET}x) "
@@ -712,23 +741,25 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
     # ---- bucket sweep ----
     p("")
     p(f"4. --bucket-mb sweep, 2x1 weak (ms): cornu train step (best window); scaling_step "
-      f"median step and exposed communication, as is and with GLIBC_TUNABLES={MALLOC_TUNABLES}"
+      f"median step and exposed communication and the reducer alone, for --allreduce shm and "
+      f"mpi"
       + (f"; default {default_mb:g} MB" if default_mb else ""))
     sweep = {}
     for m in models:
-        p(f"   {m}: {'MB':>6}{'buckets':>9}{'step':>8}{'probe step':>12}{'exposed':>9}"
-          f"{'malloc-fixed step':>19}{'exposed':>9}{'reducer alone':>15}")
+        p(f"   {m}: {'MB':>6}{'buckets':>9}{'step':>8}{'shm: step':>11}{'exposed':>9}"
+          f"{'alone':>8}{'mpi: step':>11}{'exposed':>9}{'alone':>8}")
         for mb in b.buckets():
             w = best_window(b.runs[(m, ("bucket", mb) if mb != default_mb else "weak")])
             nb = math.ceil(4 * MODELS[m][1] / (mb * 1024 * 1024))
             cols = []
-            for tun in (False, True):
-                pe = probe(m, mb, tun)
+            for how in ("shm", "mpi"):
+                pe = probe(m, mb, how)
                 cols.append((max(r["step_ms"] for r in probe_ranks(pe[1])),
                              pe[0]["last_median_ms"]))
-            sweep[(m, mb)] = {"step": w["step_ms"], "probe": cols[0], "fixed": cols[1]}
-            p(f"        {mb:>6g}{nb:>9}{w['step_ms']:>8.2f}{cols[0][0]:>12.2f}{cols[0][1]:>9.3f}"
-              f"{cols[1][0]:>19.2f}{cols[1][1]:>9.3f}{reducer[m][mb]['best_us'] / 1e3:>15.3f}")
+            sweep[(m, mb)] = {"step": w["step_ms"], "shm": cols[0], "mpi": cols[1]}
+            p(f"        {mb:>6g}{nb:>9}{w['step_ms']:>8.2f}{cols[0][0]:>11.2f}{cols[0][1]:>9.3f}"
+              f"{reducer[m][mb]['best_us'] / 1e3:>8.3f}{cols[1][0]:>11.2f}{cols[1][1]:>9.3f}"
+              f"{reducer_mpi[m][mb]['best_us'] / 1e3:>8.3f}")
     data["sweep"] = {f"{m}/{mb:g}": v for (m, mb), v in sweep.items()}
     best = {m: min(b.buckets(), key=lambda mb: sweep[(m, mb)]["step"]) for m in models}
     p("   fastest cornu train step: " + ", ".join(f"{m} {best[m]:g} MB" for m in models) +
@@ -736,11 +767,11 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
 
     # ---- cost model ----
     p("")
-    p("5. alpha-beta cost model, ring allreduce T(p) = B 2(p-1) alpha + 2(p-1)/p S beta "
-      "(B buckets, S bytes)")
+    p("5. Cost model (alpha-beta), for cornu's two-level gradient sum: within a node the "
+      "shared-memory sum, between nodes a ring allreduce among the bucket owners")
     swp = ", ".join(f"{n if n < 1024 else str(n // 1024) + 'K'}B {t * 1e6:.1f}us"
                     for n, t in sorted(pts.items()))
-    p(f"   measured here (2 ranks, shared memory, best of repetitions): {swp}")
+    p(f"   plain MPI_Allreduce measured here (2 ranks, shared memory, best of repetitions): {swp}")
     p(f"   alpha = {alpha * 1e6:.2f} us (half the 4-byte allreduce), beta = {beta * 1e9:.3f} "
       f"ns/byte ({1e-9 / beta:.2f} GB/s; slope over 64 KiB..4 MiB, includes the reduction "
       f"arithmetic; the fit's intercept is {icpt * 1e6:.1f} us)")
@@ -751,41 +782,59 @@ def summarize(b, models, torch_ok, default_mb, reps, t_begin, load_begin):
     S = 4 * BIG_PARAMS
     B = math.ceil(S / (mb * 1024 * 1024))
     tc = 6 * BIG_PARAMS * BATCH / peak
-    data["model"] = {"peak_flops": peak, "tc_s": tc, "buckets": B, "hidden": h}
-    p(f"   check at p = 2: predicted weak efficiency vs the measured fraction of the ceiling")
+    # gamma: seconds per byte of node memory traffic of the shared-memory sum (each rank reads
+    # and writes its share: 2 L S bytes per node), from the reducer alone at 2 ranks on the
+    # 25M-parameter gradient (out of cache), or in smoke runs on the MLP's.
+    big = best_res(comm, "bucketed", "best_us", floats=float(BIG_PARAMS), bucket_mb=float(mb))
+    g_bytes = S if big else 4 * MODELS["mlp"][1]
+    g_time = (big or reducer["mlp"][b.buckets()[-1]])["best_us"] * 1e-6
+    gamma = g_time / (2 * 2 * g_bytes)
+    data["model"] = {"peak_flops": peak, "tc_s": tc, "buckets": B, "hidden": h, "gamma": gamma,
+                     "ranks_per_node": NODE_RANKS}
+    p(f"   shared-memory sum: gamma = {gamma * 1e12:.1f} ps per byte of node memory traffic "
+      f"(cornu's reducer alone on {g_bytes / 1e6:.1f} MB at 2 ranks: {g_time * 1e3:.2f} ms for "
+      f"2 x 2 x {g_bytes / 1e6:.1f} MB); T_node = gamma 2 L S (assumes a node's memory "
+      f"bandwidth as this machine's: pessimistic for nodes with more memory channels)")
+    p(f"   between N nodes: the L owners of a node each run a ring allreduce over N nodes on "
+      f"their S/L bytes (B/L buckets) and share the node's link: T_net = (B/L) 2 (N-1) alpha + "
+      f"2 (N-1)/N S beta_link; T = T_node + T_net, exposed (1 - h) T")
+    p(f"   check at p = 2 (one node): predicted weak efficiency vs the measured fraction of the "
+      f"ceiling")
     for m in models:
         n = 4 * MODELS[m][1]
-        Bm = max(1, math.ceil(n / (mb * 1024 * 1024)))
-        t = ring_time(2, n, Bm, alpha, beta)
+        t = two_level_time(2, 2, n, max(1, math.ceil(n / (mb * 1024 * 1024))), 0, 0, gamma)
         tcm = data[m]["step_pair_ms"] / 1e3
         e0, eh = tcm / (tcm + t), tcm / (tcm + (1 - h_meas[m]) * t)
         p(f"     {m}: T(2) = {t * 1e3:.3f} ms on a {tcm * 1e3:.2f} ms step: {e0:.1%} with no "
           f"overlap, {eh:.1%} with the measured overlap {h_meas[m]:.0%}; measured "
           f"{data[m]['weak_of_ceiling']:.1%}")
     p(f"   prediction for a {BIG_PARAMS / 1e6:.0f}M-parameter model (S = {S / 1e6:.0f} MB, "
-      f"{mb:g} MB buckets: B = {B}), {BATCH} rows and one core per rank, compute "
-      f"Tc = 6 x params x rows / ({peak / 1e9:.1f} GFLOP/s, this run's 1-thread square sgemm "
-      f"rate) = {tc * 1e3:.0f} ms per step; exposed = (1 - h) T(p), h = {h:.0%} (the MLP's "
-      f"measured hidden fraction, clamped to [0, 1])")
-    nets = [("this machine's alpha and beta (as if every link were shared memory)", alpha, beta)]
-    nets += NETWORKS
-    p(f"   {'links':<64}{'p':>5}{'T(p) ms':>10}{'eff h=0':>9}{'eff h':>8}{'speedup':>9}")
+      f"{mb:g} MB buckets: B = {B}), {BATCH} rows and one core per rank, L = {NODE_RANKS} ranks "
+      f"per node (assumed), compute Tc = 6 x params x rows / ({peak / 1e9:.1f} GFLOP/s, this "
+      f"run's 1-thread square sgemm rate) = {tc * 1e3:.0f} ms per step; h = {h:.0%} (the MLP's "
+      f"measured hidden fraction, clamped to [0, 1]); flat = one ring over all p ranks (what "
+      f"--allreduce mpi does), for comparison")
+    p(f"   {'links between nodes':<52}{'p':>5}{'T(p) ms':>10}{'eff h=0':>9}{'eff h':>8}"
+      f"{'speedup':>9}{'flat ring ms':>14}")
     data["model"]["rows"] = []
-    for name, a, bt in nets:
+    for name, a, bt in NETWORKS:
         for pr in BIG_RANKS:
-            t = ring_time(pr, S, B, a, bt)
+            t = two_level_time(pr, NODE_RANKS, S, B, a, bt, gamma)
+            # One node: the flat ring runs over shared memory (this machine's alpha, beta).
+            flat = ring_time(pr, S, B, *((alpha, beta) if pr <= NODE_RANKS else (a, bt)))
             e0, eh = tc / (tc + t), tc / (tc + (1 - h) * t)
             data["model"]["rows"].append({"links": name, "p": pr, "T_s": t, "eff0": e0,
-                                          "eff_h": eh})
-            p(f"   {name if pr == BIG_RANKS[0] else '':<64}{pr:>5}{t * 1e3:>10.1f}{e0:>9.1%}"
-              f"{eh:>8.1%}{pr * eh:>9.1f}")
-    p(f"   bucket size for the {BIG_PARAMS / 1e6:.0f}M model at p = 64 on this machine's alpha "
-      f"and beta (T(64): latency term + bandwidth term; the last bucket cannot overlap backward):")
+                                          "eff_h": eh, "flat_s": flat})
+            p(f"   {name if pr == BIG_RANKS[0] else '':<52}{pr:>5}{t * 1e3:>10.1f}{e0:>9.1%}"
+              f"{eh:>8.1%}{pr * eh:>9.1f}{flat * 1e3:>14.1f}")
+    a_ib, b_ib = NETWORKS[1][1], NETWORKS[1][2]
+    p(f"   bucket size for the {BIG_PARAMS / 1e6:.0f}M model at p = 64 ({64 // NODE_RANKS} nodes, "
+      f"InfiniBand as assumed above; T(64), and the last bucket, which cannot overlap backward):")
     line = "    "
     for bmb in (0.25, 1, 4, 16, 64):
         Bb = math.ceil(S / (bmb * 1024 * 1024))
-        t = ring_time(64, S, Bb, alpha, beta)
-        last = ring_time(64, S / Bb, 1, alpha, beta)
+        t = two_level_time(64, NODE_RANKS, S, Bb, a_ib, b_ib, gamma)
+        last = two_level_time(64, NODE_RANKS, S / Bb, 1, a_ib, b_ib, gamma)
         line += f" {bmb:g} MB: T {t * 1e3:.1f} ms, last bucket {last * 1e3:.2f} ms;"
     p(line)
     p("")

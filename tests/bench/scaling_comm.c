@@ -4,6 +4,7 @@
  * train`, including the libnbc allreduce algorithm rt_init selects).
  *
  *   mpirun -np P scaling_comm [--floats N,N,..] [--bucket-mb MB,MB,..] [--reps R] [--sweep]
+ *                             [--allreduce shm|mpi]
  *
  * For every gradient size N (floats) it times, interleaved in the same repetition loop so that
  * a noisy period hurts all of them alike:
@@ -110,7 +111,7 @@ static int run(rt *r, int argc, char **argv, err_info *e)
 {
     double floats[MAX_LIST] = {535818, 225034}, mbs[MAX_LIST] = {0.25, 1, 4};
     int n_floats = 2, n_mbs = 3, reps = 100;
-    bool sweep = false;
+    bool sweep = false, shm = true;
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--sweep") == 0) {
@@ -121,13 +122,17 @@ static int run(rt *r, int argc, char **argv, err_info *e)
         } else if (strcmp(argv[i], "--bucket-mb") == 0 && v != NULL) {
             n_mbs = parse_list(v, mbs);
             i++;
+        } else if (strcmp(argv[i], "--allreduce") == 0 && v != NULL &&
+                   (strcmp(v, "shm") == 0 || strcmp(v, "mpi") == 0)) {
+            shm = strcmp(v, "shm") == 0;
+            i++;
         } else if (strcmp(argv[i], "--reps") == 0 && v != NULL) {
             reps = atoi(v);
             i++;
         } else {
             return err_set(e, ERR_USAGE,
                            "argument \"%s\": expected --floats N,.. --bucket-mb "
-                           "MB,.. --reps R --sweep",
+                           "MB,.. --reps R --sweep --allreduce shm|mpi",
                            argv[i]);
         }
     }
@@ -155,7 +160,10 @@ static int run(rt *r, int argc, char **argv, err_info *e)
             bucketed[i * n_mbs + k] = (series){next, 0};
             next += reps;
             size_t bytes = (size_t)(mbs[k] * 1024.0 * 1024.0);
-            rc = comm_reducer_create(r, buf, (size_t)floats[i], bytes, &red[i * n_mbs + k], e);
+            rc =
+                shm ? comm_reducer_create_shm(r, (size_t)floats[i], bytes, 0, &red[i * n_mbs + k],
+                                              e)
+                    : comm_reducer_create(r, buf, (size_t)floats[i], bytes, &red[i * n_mbs + k], e);
             if (rc != ERR_OK)
                 goto done;
         }

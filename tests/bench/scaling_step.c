@@ -1,6 +1,7 @@
 /* Where the communication of a data-parallel training step goes (tests/bench/scaling.py).
  *
  *   mpirun -np P scaling_step [--model mlp|cnn] [--per-rank-batch N] [--bucket-mb MB]
+ *                             [--allreduce shm|mpi]
  *                             [--warmup N] [--steps N] [--window N] [--seed N] [--data-dir DIR]
  *
  * Trains like `mpirun -np P cornu train fashion-mlp|fashion-cnn --per-rank-batch N` (the built-in
@@ -170,11 +171,12 @@ typedef struct opts {
     const char *model, *data_dir;
     int64_t batch, warmup, steps, window, seed;
     double bucket_mb;
+    const char *allreduce; /* shm (cornu's default on one node) or mpi */
 } opts;
 
 static int parse_args(int argc, char **argv, opts *o, err_info *e)
 {
-    *o = (opts){"mlp", NULL, 128, 10, 100, 10, 1, 4.0};
+    *o = (opts){"mlp", NULL, 128, 10, 100, 10, 1, 4.0, "shm"};
     for (int i = 1; i < argc; i += 2) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL)
@@ -186,6 +188,8 @@ static int parse_args(int argc, char **argv, opts *o, err_info *e)
             o->model = v;
         else if (strcmp(k, "--data-dir") == 0)
             o->data_dir = v;
+        else if (strcmp(k, "--allreduce") == 0 && (strcmp(v, "shm") == 0 || strcmp(v, "mpi") == 0))
+            o->allreduce = v;
         else if (strcmp(k, "--bucket-mb") == 0 && num && x > 0)
             o->bucket_mb = x;
         else if (num && x >= 1 && x == floor(x) && strcmp(k, "--per-rank-batch") == 0)
@@ -202,7 +206,7 @@ static int parse_args(int argc, char **argv, opts *o, err_info *e)
             return err_set(e, ERR_USAGE,
                            "argument %s %s: expected --model mlp|cnn, --per-rank-batch N, "
                            "--bucket-mb MB, --warmup N, --steps N, --window N, --seed N, "
-                           "--data-dir DIR",
+                           "--data-dir DIR, --allreduce shm|mpi",
                            k, v);
     }
     if (strcmp(o->model, "mlp") != 0 && strcmp(o->model, "cnn") != 0)
@@ -339,9 +343,17 @@ static int run(rt *r, const opts *o, err_info *e)
     if ((rc = fit_session_create(m, &fc, size > 1 ? &c : NULL, &s, e)) != ERR_OK)
         goto done;
     size_t bytes = (size_t)(o->bucket_mb * 1024.0 * 1024.0);
-    if (size > 1 && (rc = comm_reducer_create(r, fit_session_grads(s), m->n_trainable,
-                                              bytes > 4 ? bytes : 4, &p.red, e)) != ERR_OK)
+    if (bytes < 4)
+        bytes = 4;
+    if (size > 1 && strcmp(o->allreduce, "shm") == 0) {
+        /* As `cornu train --allreduce shm`: backward writes into the shared window. */
+        if ((rc = comm_reducer_create_shm(r, m->n_trainable, bytes, 0, &p.red, e)) != ERR_OK)
+            goto done;
+        fit_session_set_grads(s, comm_reducer_buffer(p.red));
+    } else if (size > 1 && (rc = comm_reducer_create(r, fit_session_grads(s), m->n_trainable, bytes,
+                                                     &p.red, e)) != ERR_OK) {
         goto done;
+    }
     fit_callbacks cb = {&p, on_step, NULL};
     p.t_prev = now_s();
     if ((rc = fit_train(s, &d, &cb, NULL, e)) != ERR_OK)
