@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int comm__mpi_err(rt *r, err_info *e, int mpi_rc, const char *what)
+int comm__mpi_err(rt *r, err_info *e, int mpi_rc, const char *what)
 {
     char s[MPI_MAX_ERROR_STRING];
     int len = 0;

@@ -12,6 +12,11 @@
 
 typedef struct comm__shm comm__shm;
 
+/* Converts an MPI error into ERR_MPI "what: <MPI's text>", marks the runtime failed (the other
+ * ranks may be left waiting in the collective, so the job has to end) and copies it into e
+ * (if not NULL). Returns ERR_MPI. */
+int comm__mpi_err(rt *r, err_info *e, int mpi_rc, const char *what);
+
 /* Collective (over rt_comm(r)). See comm_reducer_create_shm(). */
 int comm__shm_create(rt *r, size_t n, size_t per, size_t nb, int node_ranks, comm__shm **out,
                      err_info *e);

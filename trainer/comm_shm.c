@@ -30,6 +30,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -66,18 +67,12 @@ struct comm__shm {
     double t_first, t_complete;
 };
 
+/* MPI errors of this reducer say where they come from. */
 static int shm_mpi_err(comm__shm *s, err_info *e, int mrc, const char *what)
 {
-    char msg[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    if (MPI_Error_string(mrc, msg, &len) != MPI_SUCCESS)
-        snprintf(msg, sizeof msg, "MPI error %d", mrc);
-    err_info w;
-    err_set(&w, ERR_MPI, "gradient sum in shared memory: %s: %s", what, msg);
-    rt_fail(s->r, &w);
-    if (e != NULL)
-        *e = w;
-    return ERR_MPI;
+    char where[160];
+    snprintf(where, sizeof where, "gradient sum in shared memory: %s", what);
+    return comm__mpi_err(s->r, e, mrc, where);
 }
 
 static void bucket_range(const comm__shm *s, size_t b, size_t *lo, size_t *hi)
@@ -435,7 +430,6 @@ int comm__shm_finish(comm__shm *s, err_info *e)
         if (!s->published[b])
             publish(s, b);
     double t0 = MPI_Wtime(), timeout = rt_comm_timeout(s->r);
-    double spin = rt_oversubscribed(s->r) ? 0.0 : 0.1;
     long nap_ns = 0;
     for (;;) {
         int rc = progress(s, e);
@@ -464,13 +458,7 @@ int comm__shm_finish(comm__shm *s, err_info *e)
                 *e = w;
             return ERR_PEER;
         }
-        /* As rt_wait: spin while the other ranks have cores of their own, else let them run. */
-        if (now - t0 >= spin) {
-            long cap = now - t0 < 0.1 ? 100000L : 1000000L;
-            nap_ns = nap_ns == 0 ? 1000L : (nap_ns * 2 < cap ? nap_ns * 2 : cap);
-            struct timespec ts = {0, nap_ns};
-            nanosleep(&ts, NULL);
-        }
+        rt_backoff(s->r, now - t0, &nap_ns);
     }
     s->t_complete = MPI_Wtime();
     return ERR_OK;

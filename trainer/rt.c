@@ -608,6 +608,22 @@ void rt_abort(rt *r, int code, const char *fmt, ...)
 
 /* ---- waiting ---- */
 
+void rt_backoff(const rt *r, double waited_s, long *nap_ns)
+{
+    /* Open MPI progresses non-blocking collectives only inside MPI calls, and shared-memory
+     * flags move only when the other rank runs: on a node with a core per rank, spinning for a
+     * while gives the lowest latency (up to 0.1 s); after that, or at once when ranks share
+     * cores, sleep between polls so that the rank we are waiting for gets the CPU. Sleeps grow
+     * from ~1 us to 1 ms. */
+    double spin = r->oversub ? 0.0 : 0.1;
+    if (waited_s < spin)
+        return;
+    long cap = waited_s < 0.1 ? 100000L : 1000000L;
+    *nap_ns = *nap_ns == 0 ? 1000L : (*nap_ns * 2 < cap ? *nap_ns * 2 : cap);
+    struct timespec ts = {0, *nap_ns};
+    nanosleep(&ts, NULL);
+}
+
 int rt_wait(rt *r, int n, MPI_Request *reqs, double since, const char *what, err_info *e)
 {
     if (r->failed)
@@ -617,10 +633,7 @@ int rt_wait(rt *r, int n, MPI_Request *reqs, double since, const char *what, err
     int rc = ERR_OK;
     atomic_store(&r->waiting, what);
     /* Open MPI progresses non-blocking collectives only inside MPI calls, so this loop is what
-     * drives them. On a node with a core per rank, spinning for a while gives the lowest
-     * latency (up to 0.1 s); after that, or at once when ranks share cores, sleep between polls so
-     * that the rank we are waiting for gets the CPU. Sleeps grow from ~1 us to 1 ms. */
-    double spin = r->oversub ? 0.0 : 0.1;
+     * drives them (pauses: rt_backoff). */
     long nap_ns = 0;
     double t0 = MPI_Wtime();
     err_info w = {ERR_OK, ""};
@@ -641,12 +654,7 @@ int rt_wait(rt *r, int n, MPI_Request *reqs, double since, const char *what, err
                          what, r->timeout);
             break;
         }
-        if (now - t0 >= spin) {
-            long cap = now - t0 < 0.1 ? 100000L : 1000000L;
-            nap_ns = nap_ns == 0 ? 1000L : (nap_ns * 2 < cap ? nap_ns * 2 : cap);
-            struct timespec ts = {0, nap_ns};
-            nanosleep(&ts, NULL);
-        }
+        rt_backoff(r, now - t0, &nap_ns);
     }
     if (rc != ERR_OK) {
         rt_fail(r, &w);

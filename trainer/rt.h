@@ -107,6 +107,10 @@ void rt_status_set(rt *r, const char *fmt, ...) __attribute__((format(printf, 2,
  * pending collective). `what` must be a string literal: the SIGTERM report quotes it. Spins
  * briefly, then sleeps between polls (at once when the node is oversubscribed). */
 int rt_wait(rt *r, int n, MPI_Request *reqs, double since, const char *what, err_info *e);
+/* One pause of a polling loop that has waited waited_s so far: nothing while spinning pays
+ * (a core per rank, the first 0.1 s), then sleeps growing from ~1 us to 1 ms (*nap_ns keeps the
+ * length; start it at 0). rt_wait and the shared-memory reducer poll with it. */
+void rt_backoff(const rt *r, double waited_s, long *nap_ns);
 
 /* The runtime's failure state: rt_failed() is true after rt_fail(); rt_failure() copies the
  * stored error into e and returns its code (ERR_OK when not failed). rt_fail() records e and
