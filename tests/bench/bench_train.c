@@ -33,6 +33,7 @@
 #include "trainer/loss.h"
 #include "trainer/model.h"
 #include "trainer/optim.h"
+#include "tests/bench/bench_util.h"
 
 #ifndef CORNU_MODELS_DIR
 #define CORNU_MODELS_DIR "launch/models"
@@ -88,42 +89,6 @@ static void on_epoch(void *ctx, int64_t epoch, int64_t epochs, int64_t steps, co
     b->timing.compute_s += t->compute_s;
     b->timing.comm_s += t->comm_s;
     b->timing.step_s += t->step_s;
-}
-
-static int read_file(const char *path, char **out, size_t *len, err_info *e)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return err_set(e, ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    int rc = ERR_OK;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? 2 * cap : 65536;
-            char *nb = realloc(buf, cap);
-            if (nb == NULL) {
-                rc = err_set(e, ERR_NOMEM, "%s: reading", path);
-                break;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f))
-                rc = err_set(e, ERR_IO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(f);
-    if (rc != ERR_OK) {
-        free(buf);
-        return rc;
-    }
-    *out = buf;
-    *len = n;
-    return ERR_OK;
 }
 
 #define ENGINE_BATCHES 16
@@ -268,7 +233,7 @@ int main(int argc, char **argv)
     else
         snprintf(path, sizeof path, "%s", model_arg);
     size_t len = 0;
-    if ((rc = read_file(path, &json, &len, &e)) != ERR_OK)
+    if ((rc = bench_read_file(path, &json, &len, &e)) != ERR_OK)
         goto done;
     if ((rc = kjson_model_parse(json, len, path, &m, &e)) != ERR_OK)
         goto done;

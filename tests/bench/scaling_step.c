@@ -39,6 +39,7 @@
 #include "trainer/init.h"
 #include "trainer/loss.h"
 #include "trainer/model.h"
+#include "tests/bench/bench_util.h"
 
 #ifndef CORNU_MODELS_DIR
 #define CORNU_MODELS_DIR "launch/models"
@@ -123,42 +124,6 @@ static void on_step(void *ctx, int64_t epoch, int64_t step, int64_t steps, const
     if (p->n < p->cap)
         memcpy(p->steps + p->n++ * T_COUNT, p->cur, sizeof p->cur);
     memset(p->cur, 0, sizeof p->cur);
-}
-
-static int read_file(const char *path, char **out, size_t *len, err_info *e)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return err_set(e, ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    int rc = buf == NULL ? err_set(e, ERR_NOMEM, "%s: reading", path) : ERR_OK;
-    while (rc == ERR_OK) {
-        if (n == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                rc = err_set(e, ERR_NOMEM, "%s: reading", path);
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f))
-                rc = err_set(e, ERR_IO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(f);
-    if (rc != ERR_OK) {
-        free(buf);
-        return rc;
-    }
-    *out = buf;
-    *len = n;
-    return ERR_OK;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -296,7 +261,7 @@ static int run(rt *r, const opts *o, err_info *e)
     char path[4096];
     snprintf(path, sizeof path, "%s/fashion_%s.json", CORNU_MODELS_DIR, o->model);
     size_t len = 0;
-    int rc = read_file(path, &json, &len, e);
+    int rc = bench_read_file(path, &json, &len, e);
     if (rc == ERR_OK)
         rc = kjson_model_parse(json, len, path, &m, e);
     if (rc == ERR_OK)
