@@ -79,6 +79,8 @@ int layer__dense_plan(layer_net *n, lnode *d, err_info *e)
     d->p[2] = in > 0 ? x->row / in : 0;
     if (d->bwd && kern_act_backward_needs_x(L->cfg.activation))
         d->need_z = (size_t)(n->max_batch * layer__out(n, d, 0)->row);
+    if (d->bwd)
+        d->need_ws = kern_dense_workspace(in, units);
     return ERR_OK;
 }
 
@@ -97,8 +99,8 @@ int layer__dense_backward(layer_net *n, lnode *d, int64_t rows, err_info *e)
     ltensor *x = layer__in(n, d, 0), *y = layer__out(n, d, 0);
     kern_dense_backward(rows * d->p[2], d->p[0], d->p[1], layer__L(n, d)->cfg.activation, x->val,
                         layer__w(n, d, 0), d->z, y->val, y->grad, layer__dw(n, d, 0),
-                        layer__dw(n, d, 1), !d->w_first, d->in[0].dx ? x->grad : NULL,
-                        d->in[0].acc);
+                        layer__dw(n, d, 1), !d->w_first, d->in[0].dx ? x->grad : NULL, d->in[0].acc,
+                        n->ws);
     return ERR_OK;
 }
 

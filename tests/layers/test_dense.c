@@ -43,7 +43,7 @@ static void check(rng *r, int64_t rows, int64_t in, int64_t out, act_kind act)
           *yr = falloc(rows * out), *z = falloc(rows * out), *dy = falloc(rows * out),
           *g = falloc(rows * out), *dk = falloc(in * out), *db = falloc(out),
           *dx = falloc(rows * in), *dkr = falloc(in * out), *dbr = falloc(out),
-          *dxr = falloc(rows * in);
+          *dxr = falloc(rows * in), *ws = falloc((int64_t)kern_dense_workspace(in, out) + 1);
     fill(r, x, rows * in, 1.0f);
     fill(r, k, in * out, 1.0f / sqrtf((float)in));
     fill(r, b, out, 0.5f);
@@ -54,7 +54,7 @@ static void check(rng *r, int64_t rows, int64_t in, int64_t out, act_kind act)
                kern_act_name(act), (long long)rows, (long long)in, (long long)out);
     kern_ref_dense_backward(rows, in, out, act, x, k, b, dy, dkr, dbr, dxr);
     memcpy(g, dy, sizeof(float) * (size_t)(rows * out));
-    kern_dense_backward(rows, in, out, act, x, k, z, y, g, dk, db, false, dx, false);
+    kern_dense_backward(rows, in, out, act, x, k, z, y, g, dk, db, false, dx, false, ws);
     EXPECT_MSG(far(dk, dkr, in * out, (double)rows, 1) == 0 &&
                    far(db, dbr, out, (double)rows, 1) == 0 &&
                    far(dx, dxr, rows * in, (double)out, 1) == 0,
@@ -62,7 +62,7 @@ static void check(rng *r, int64_t rows, int64_t in, int64_t out, act_kind act)
                (long long)out);
     /* Accumulate: a second call adds the same amounts. */
     memcpy(g, dy, sizeof(float) * (size_t)(rows * out));
-    kern_dense_backward(rows, in, out, act, x, k, z, y, g, dk, db, true, dx, true);
+    kern_dense_backward(rows, in, out, act, x, k, z, y, g, dk, db, true, dx, true, ws);
     EXPECT_MSG(far(dk, dkr, in * out, (double)rows, 2) == 0 &&
                    far(db, dbr, out, (double)rows, 2) == 0 &&
                    far(dx, dxr, rows * in, (double)out, 2) == 0,
@@ -71,31 +71,33 @@ static void check(rng *r, int64_t rows, int64_t in, int64_t out, act_kind act)
     memcpy(g, dy, sizeof(float) * (size_t)(rows * out));
     for (int64_t i = 0; i < rows * in; i++)
         dx[i] = 7.0f;
-    kern_dense_backward(rows, in, out, act, x, k, z, y, g, NULL, NULL, false, NULL, false);
+    kern_dense_backward(rows, in, out, act, x, k, z, y, g, NULL, NULL, false, NULL, false, ws);
     bool untouched = true;
     for (int64_t i = 0; i < rows * in; i++)
         untouched = untouched && dx[i] == 7.0f;
     EXPECT(untouched);
     free(x), free(k), free(b), free(y), free(yr), free(z), free(dy), free(g), free(dk), free(db),
-        free(dx), free(dkr), free(dbr), free(dxr);
+        free(dx), free(dkr), free(dbr), free(dxr), free(ws);
 }
 
 int main(void)
 {
     rng r;
     rng_seed(&r, 2024, 0);
-    const int64_t s[] = {1, 7, 33};
+    /* 100 > the 64-column blocks of the dx product and the 16-row tiles: partial ones too. */
+    const int64_t s[] = {1, 7, 33, 100};
     for (int a = 0; a < ACT_COUNT; a++)
-        for (int i = 0; i < 3; i++)
-            for (int j = 0; j < 3; j++)
-                for (int l = 0; l < 3; l++)
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < 4; l++)
                     check(&r, s[i], s[j], s[l], (act_kind)a);
     /* Zero rows: weights gradients are cleared, nothing else happens. */
     float k[6] = {1, 2, 3, 4, 5, 6}, dk[6], db[2] = {9, 9};
     for (int i = 0; i < 6; i++)
         dk[i] = 9;
     kern_dense_forward(0, 3, 2, ACT_RELU, NULL, k, NULL, NULL, NULL);
-    kern_dense_backward(0, 3, 2, ACT_RELU, NULL, k, NULL, NULL, NULL, dk, db, false, NULL, false);
+    kern_dense_backward(0, 3, 2, ACT_RELU, NULL, k, NULL, NULL, NULL, dk, db, false, NULL, false,
+                        NULL);
     EXPECT(dk[0] == 0 && dk[5] == 0 && db[0] == 0 && db[1] == 0);
     return test_finish();
 }
