@@ -114,6 +114,11 @@ int data__source_attach_fd(data_source *s, int fd, uint64_t off, uint64_t bytes,
 int data__read_sorted(data_source *s, const data_pair *p, int64_t n, float scale, float *dst,
                       err_info *e);
 
+/* Hints the CPU to bring rows[0..n) of an in-memory source (MEM backend; others: nothing) into
+ * its caches: the loader calls it for the next step's rows, so that the random rows of a
+ * shuffled batch come from cache instead of memory when the step reads them. */
+void data__prefetch_rows(const data_source *s, const int64_t *rows, int64_t n);
+
 /* pread() exactly n bytes at off, retrying on EINTR and short reads; ERR_IO naming `what` on
  * error or early end of file. */
 int data__pread_full(int fd, void *buf, size_t n, uint64_t off, const char *what, err_info *e);

@@ -187,6 +187,18 @@ int data_loader_next(data_loader *l, float *const *xdst, float *const *ydst, int
             return err_wrap(e, "y[%d] (epoch %lld step %lld)", i, (long long)l->epoch,
                             (long long)l->step);
     }
+    if (l->step < l->steps) {
+        /* The next step's rows of this rank, requested now so that they arrive while this step
+         * computes (the epoch's order is already drawn). */
+        const int64_t g1 = l->step * l->c.batch;
+        const int64_t gn = l->count - g1 < l->c.batch ? l->count - g1 : l->c.batch;
+        const int64_t q1 = gn / l->c.nranks, m1 = gn % l->c.nranks;
+        const int64_t lo1 = g1 + r * q1 + (r < m1 ? r : m1), n1 = q1 + (r < m1);
+        for (int i = 0; i < l->nx; i++)
+            data__prefetch_rows(l->x[i], l->perm + lo1, n1);
+        for (int i = 0; i < l->ny; i++)
+            data__prefetch_rows(l->y[i], l->perm + lo1, n1);
+    }
     *global_rows = g;
     *local_rows = n;
     *done = false;
