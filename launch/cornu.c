@@ -96,6 +96,10 @@ static const cli_opt TRAIN_OPTS[] = {
     {"bucket-mb", CLI_FLOAT, "MB", "gradient allreduce bucket size", "0.25"},
     {"allreduce", CLI_STR, "HOW",
      "gradient sum: shm (node shared memory, MPI between nodes), mpi, or auto", "auto"},
+    {"no-shard-update", CLI_FLAG, NULL,
+     "with shm: every rank updates all parameters (default: the ranks of a node share one copy "
+     "and each updates its part)",
+     NULL},
     {"comm-timeout", CLI_FLOAT, "S", "abort when a collective takes longer than S seconds", "600"},
     {"verbose-ranks", CLI_FLAG, NULL, "print per-rank timing (compute, exposed comm, data)", NULL},
 };
@@ -381,7 +385,8 @@ static int cmd_train(dist *dd, int workers, const cli_args *a, err_info *e)
     double bucket_mb;
     if ((rc = cli_float(a, "bucket-mb", &bucket_mb, e)) != ERR_OK)
         goto done;
-    if ((rc = dist_attach(dd, s, m->n_trainable, bucket_mb, cli_str(a, "allreduce"), e)) != ERR_OK)
+    if ((rc = dist_attach(dd, s, m, bucket_mb, cli_str(a, "allreduce"),
+                          !cli_has(a, "no-shard-update"), e)) != ERR_OK)
         goto done;
     if (g_is_root && cli_str(a, "history") != NULL) {
         hist = fopen(cli_str(a, "history"), "w");
@@ -407,6 +412,7 @@ static int cmd_train(dist *dd, int workers, const cli_args *a, err_info *e)
     fit_callbacks cb = {&pctx, dist_on_step, dist_on_epoch};
     fit_logs last;
     rc = fit_train(s, &train.d, &cb, &last, e);
+    dist_detach(dd); /* the model's own buffers hold the trained state again */
     if (rc != ERR_OK)
         goto done;
     if (cli_str(a, "output") != NULL) {
@@ -417,6 +423,7 @@ static int cmd_train(dist *dd, int workers, const cli_args *a, err_info *e)
         rc = dist_agree(dd, wrc, e);
     }
 done:
+    dist_detach(dd);
     if (hist != NULL)
         fclose(hist);
     fit_session_destroy(s);

@@ -13,6 +13,7 @@ struct dist {
     fit_comm comm;
     double prev_inflight; /* reducer's cumulative in-flight time at the previous epoch end */
     double prev_ready;    /* reducer's cumulative time in ready hooks at the previous epoch end */
+    bool shared;          /* the model's state is shared (comm_reducer_share) until dist_detach */
 };
 
 int dist_env_is_root(void)
@@ -158,10 +159,63 @@ int dist_check_model(dist *d, const model *m, err_info *e)
     return ERR_OK;
 }
 
-int dist_attach(dist *d, fit_session *s, size_t n, double bucket_mb, const char *how, err_info *e)
+static bool shard_range(void *ctx, size_t i, size_t *lo, size_t *hi)
+{
+    dist *d = ctx;
+    return comm_reducer_owned(d->red, i, lo, hi);
+}
+
+static void shard_grad(void *ctx, size_t lo, size_t hi, float *dst)
+{
+    dist *d = ctx;
+    comm_reducer_grad(d->red, lo, hi, dst);
+}
+
+static void shard_updated(void *ctx)
+{
+    dist *d = ctx;
+    comm_reducer_updated(d->red);
+}
+
+static int shard_sync(void *ctx, err_info *e)
+{
+    dist *d = ctx;
+    return comm_reducer_sync(d->red, e);
+}
+
+/* The shared update (comm_reducer_share) when the reducer and the optimizer allow it; every rank
+ * decides alike (same reducer kind, same node size, same optimizer). */
+static int attach_shared_update(dist *d, fit_session *s, model *m, err_info *e)
+{
+    int local = 0;
+    if (!comm_reducer_is_shm(d->red, &local, NULL) || local < 2 || !fit_session_can_shard(s))
+        return ERR_OK;
+    size_t nslots = (size_t)m->opt.n_slots * m->n_trainable;
+    int rc = comm_reducer_share(d->red, &m->params, m->n_params, &m->opt.slots, nslots, e);
+    if (rc != ERR_OK)
+        return rc;
+    d->shared = true;
+    fit_shard sh = {d,          shard_range,
+                    shard_grad, shard_updated,
+                    shard_sync, comm_reducer_local_rank(d->red) == 0};
+    rc = fit_session_set_shard(s, &sh, e);
+    return comm_agree(d->r, rc, e);
+}
+
+void dist_detach(dist *d)
+{
+    if (d == NULL || !d->shared)
+        return;
+    comm_reducer_unshare(d->red);
+    d->shared = false;
+}
+
+int dist_attach(dist *d, fit_session *s, model *m, double bucket_mb, const char *how,
+                bool share_update, err_info *e)
 {
     if (rt_size(d->r) == 1)
         return ERR_OK;
+    size_t n = m->n_trainable;
     if (!(bucket_mb > 0))
         return err_set(e, ERR_USAGE, "--bucket-mb %g must be positive", bucket_mb);
     bool shm = strcmp(how, "shm") == 0, automatic = strcmp(how, "auto") == 0;
@@ -177,7 +231,7 @@ int dist_attach(dist *d, fit_session *s, size_t n, double bucket_mb, const char 
         int rc = comm_reducer_create_shm(d->r, n, bytes, 0, &d->red, &e2);
         if (rc == ERR_OK) {
             fit_session_set_grads(s, comm_reducer_buffer(d->red));
-            return ERR_OK;
+            return share_update ? attach_shared_update(d, s, m, e) : ERR_OK;
         }
         if (shm || rc != ERR_UNSUPPORTED) {
             *e = e2;

@@ -32,8 +32,16 @@ int dist_size(const dist *d);
 const fit_comm *dist_comm(dist *d);
 /* Collective: checks that every rank holds bit-identical initial parameters (a checksum). */
 int dist_check_model(dist *d, const model *m, err_info *e);
-/* Collective: sets up the bucketed reducer over the session's gradient buffer. */
-int dist_attach(dist *d, fit_session *s, size_t n, double bucket_mb, const char *how, err_info *e);
+/* Collective: sets up the bucketed reducer over the session's gradient buffer (m->n_trainable
+ * floats). With the shared-memory reducer, more than one rank per node, share_update and an
+ * optimizer that does not clip by norm, the ranks of a node also share one copy of m's parameters
+ * and optimizer state and each updates its buckets (comm_reducer_share); dist_detach() gives m
+ * its own copy back. */
+int dist_attach(dist *d, fit_session *s, model *m, double bucket_mb, const char *how,
+                bool share_update, err_info *e);
+/* Not collective; after fit_train (which leaves the shared state synced), before m is used
+ * elsewhere or destroyed. Does nothing when nothing is shared. */
+void dist_detach(dist *d);
 /* Collective: worst code over ranks. */
 int dist_agree(dist *d, int rc, err_info *e);
 /* Splits this rank's threads (--threads; auto: $OPENBLAS_NUM_THREADS, else its cores / the ranks

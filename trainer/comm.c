@@ -327,6 +327,56 @@ bool comm_reducer_is_shm(const comm_reducer *c, int *local_size, int *nodes)
     return true;
 }
 
+int comm_reducer_local_rank(const comm_reducer *c)
+{
+    return c->shm != NULL ? comm__shm_local_rank(c->shm) : 0;
+}
+
+int comm_reducer_share(comm_reducer *c, float **a, size_t na, float **b, size_t nb, err_info *e)
+{
+    int local = 0;
+    int rc = comm_reducer_is_shm(c, &local, NULL) && local > 1
+                 ? ERR_OK
+                 : err_set(e, ERR_UNSUPPORTED,
+                           "a shared update needs the shared-memory reducer and more than one "
+                           "rank per node");
+    /* Every rank must agree before the collective window allocation. */
+    if ((rc = comm_agree(c->r, rc, e)) != ERR_OK)
+        return rc;
+    rc = comm__shm_share(c->shm, a, na, b, nb, e);
+    if ((rc = comm_agree(c->r, rc, e)) != ERR_OK)
+        comm__shm_unshare(c->shm);
+    return rc;
+}
+
+void comm_reducer_unshare(comm_reducer *c)
+{
+    if (c != NULL && c->shm != NULL)
+        comm__shm_unshare(c->shm);
+}
+
+bool comm_reducer_owned(const comm_reducer *c, size_t i, size_t *lo, size_t *hi)
+{
+    return c->shm != NULL && comm__shm_owned(c->shm, i, lo, hi);
+}
+
+void comm_reducer_grad(const comm_reducer *c, size_t lo, size_t hi, float *dst)
+{
+    CHECK(c->shm != NULL && hi >= lo);
+    comm__shm_grad(c->shm, lo, hi, dst);
+}
+
+void comm_reducer_updated(comm_reducer *c)
+{
+    if (c->shm != NULL)
+        comm__shm_updated(c->shm);
+}
+
+int comm_reducer_sync(comm_reducer *c, err_info *e)
+{
+    return c->shm != NULL ? comm__shm_sync(c->shm, e) : ERR_OK;
+}
+
 int comm_reducer_begin(comm_reducer *c, err_info *e)
 {
     CHECK(!c->active);

@@ -62,6 +62,43 @@ float *comm_reducer_buffer(comm_reducer *c);
  * ranks per node and the number of nodes. */
 bool comm_reducer_is_shm(const comm_reducer *c, int *local_size, int *nodes);
 
+/* This rank's rank within its node (0 for the MPI reducer). */
+int comm_reducer_local_rank(const comm_reducer *c);
+
+/* Collective (every rank of rt_comm). The shared update, for a shared-memory reducer with more
+ * than one rank per node (else ERR_UNSUPPORTED on every rank, nothing changed): the na floats at
+ * *a and the nb floats at *b (the model's parameters and optimizer slots; every rank must hold
+ * the same values) move into one copy per node in node-shared memory; local rank 0's values are
+ * copied in and *a (and *b when nb > 0) then point there on every rank until
+ * comm_reducer_unshare(). From then on each rank updates only the buckets it owns:
+ *   - after finish, comm_reducer_owned(c, i, ...) for i = 0, 1, ... gives this rank's buckets,
+ *     and comm_reducer_grad() their summed gradient (the gradient buffer itself no longer holds
+ *     the sum: within a node the owner sums the ranks' buffers while it updates);
+ *   - after applying its part, the rank calls comm_reducer_updated(), and comm_reducer_sync()
+ *     before it reads the shared state again (the next forward, evaluation, saving): it waits
+ *     until every rank of the node has applied its part. begin() syncs too, as a rank's buffer
+ *     must not change while the others still read it.
+ * Every element is updated by one rank with the same arithmetic, so the result has the same
+ * bits as every rank updating everything. Writes to the shared state outside the owned buckets
+ * (e.g. moving statistics) are the caller's to make from one rank per node
+ * (comm_reducer_local_rank() == 0). */
+int comm_reducer_share(comm_reducer *c, float **a, size_t na, float **b, size_t nb, err_info *e);
+/* Not collective; after comm_reducer_sync(). Copies the shared state back into the caller's own
+ * buffers and points *a and *b at them again; later steps update every element on every rank.
+ * Does nothing if the state is not shared. */
+void comm_reducer_unshare(comm_reducer *c);
+/* The i-th bucket this rank updates (i from 0): false when there are no more, or when the state
+ * is not shared. */
+bool comm_reducer_owned(const comm_reducer *c, size_t i, size_t *lo, size_t *hi);
+/* After finish: the summed gradient of elements [lo, hi) of an owned bucket into dst[0, hi - lo).
+ * Safe to call from several threads at once for different dst. */
+void comm_reducer_grad(const comm_reducer *c, size_t lo, size_t hi, float *dst);
+void comm_reducer_updated(comm_reducer *c);
+/* Waits (with the comm timeout: ERR_PEER naming the rank) until every rank of the node has
+ * called comm_reducer_updated() for the last finished step. Returns at once when the state is
+ * not shared or already synced. */
+int comm_reducer_sync(comm_reducer *c, err_info *e);
+
 /* Number of buckets and the element range [*lo, *hi) of bucket i. */
 size_t comm_reducer_buckets(const comm_reducer *c);
 void comm_reducer_bucket_range(const comm_reducer *c, size_t i, size_t *lo, size_t *hi);

@@ -5,6 +5,7 @@
  * comm_reducer_create_shm() (trainer/comm_shm.c). comm.c owns the public comm_reducer and
  * dispatches to these when the reducer was created for shared memory. */
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "kernels/err.h"
@@ -31,5 +32,13 @@ int comm__shm_finish(comm__shm *s, err_info *e);
 void comm__shm_times(const comm__shm *s, double *t_first, double *t_complete);
 /* Ranks per node and nodes (for reports and tests). */
 void comm__shm_layout(const comm__shm *s, int *local_size, int *nodes);
+int comm__shm_local_rank(const comm__shm *s);
+/* The shared update: see comm_reducer_share() and the functions after it in trainer/comm.h. */
+int comm__shm_share(comm__shm *s, float **a, size_t na, float **b, size_t nb, err_info *e);
+void comm__shm_unshare(comm__shm *s);
+bool comm__shm_owned(const comm__shm *s, size_t i, size_t *lo, size_t *hi);
+void comm__shm_grad(const comm__shm *s, size_t lo, size_t hi, float *dst);
+void comm__shm_updated(comm__shm *s);
+int comm__shm_sync(comm__shm *s, err_info *e);
 
 #endif

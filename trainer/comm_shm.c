@@ -22,6 +22,17 @@
  * owner reads or writes a slot of step t after its rank has left finish(t), and no owner touches
  * a slot of step t+1 before that rank published it, i.e. after it finished using step t's sum.
  *
+ * Shared update (comm_reducer_share): the model's parameters and optimizer slots move into one
+ * node-shared copy, and each bucket's owner alone updates that bucket of it. Within a node the
+ * owner then no longer sums during backward at all: finish only waits until every rank of the
+ * node has published the owned buckets, and the update reads the L slots directly
+ * (comm__shm_grad, in local-rank order, into a small buffer), so the sum is never written back
+ * and each rank runs 1/L of the optimizer. Across nodes the owner still sums into its own slot
+ * and reduces it between nodes during backward, and the update reads that slot. upd[q] = t once
+ * rank q has applied its part of step t's update; a rank waits for every upd (comm__shm_sync)
+ * before it reads the shared state again or writes its slot for step t+1, and no rank writes its
+ * slot before it updated (so after it finished reading the others' slots).
+ *
  * Determinism: each bucket is summed in local-rank order (then by MPI across nodes), so the
  * result is the same for the same rank layout, and identical on every rank. */
 
@@ -65,6 +76,15 @@ struct comm__shm {
     size_t check_from;
     int64_t step;
     double t_first, t_complete;
+    /* Shared update (comm__shm_share). */
+    bool sharded;
+    MPI_Win swin;
+    bool swin_ok, slocked;
+    shm_flag **upd;           /* [lsize] step whose update each rank has applied */
+    int64_t synced;           /* last step whose updates comm__shm_sync saw complete */
+    float **user_a, **user_b; /* the caller's pointers, redirected to the shared copy */
+    float *own_a, *own_b;     /* what they pointed to before */
+    size_t na, nbf;
 };
 
 /* MPI errors of this reducer say where they come from. */
@@ -105,6 +125,10 @@ void comm__shm_destroy(comm__shm *s)
     /* Freeing the window is collective over the node: after a failure (a rank dead or stuck)
      * it could hang, and the job is about to be aborted anyway, so leave it to the OS. */
     if (!rt_failed(s->r)) {
+        if (s->slocked)
+            MPI_Win_unlock_all(s->swin);
+        if (s->swin_ok)
+            MPI_Win_free(&s->swin);
         if (s->locked)
             MPI_Win_unlock_all(s->win);
         if (s->win_ok)
@@ -118,6 +142,7 @@ void comm__shm_destroy(comm__shm *s)
     free(s->slot);
     free(s->pub);
     free(s->done);
+    free(s->upd);
     free(s->published);
     free(s->own_state);
     free(s->req);
@@ -165,9 +190,29 @@ static int shm_split(comm__shm *s, int node_ranks, err_info *e)
     return shm_wait(s, &req, "node rank exchange", e);
 }
 
+/* Allocates a node-shared window of `bytes` on this rank (collective over the node) and opens a
+ * passive access epoch on it for load/store use; *ok and *locked record what to undo. */
+static int shm_win_open(comm__shm *s, size_t bytes, MPI_Info info, void **base, MPI_Win *win,
+                        bool *ok, bool *locked, const char *what, err_info *e)
+{
+    char where[96];
+    int mrc = MPI_Win_allocate_shared((MPI_Aint)bytes, 1, info, s->node, base, win);
+    if (mrc != MPI_SUCCESS) {
+        snprintf(where, sizeof where, "MPI_Win_allocate_shared (%s)", what);
+        return shm_mpi_err(s, e, mrc, where);
+    }
+    *ok = true;
+    if ((mrc = MPI_Win_lock_all(MPI_MODE_NOCHECK, *win)) != MPI_SUCCESS) {
+        snprintf(where, sizeof where, "MPI_Win_lock_all (%s)", what);
+        return shm_mpi_err(s, e, mrc, where);
+    }
+    *locked = true;
+    return ERR_OK;
+}
+
 static int shm_window(comm__shm *s, err_info *e)
 {
-    size_t flags = 2 * s->nb * SHM_FLAG_STRIDE * sizeof(int64_t);
+    size_t flags = (2 * s->nb + 1) * SHM_FLAG_STRIDE * sizeof(int64_t);
     size_t head = (flags + SHM_ALIGN - 1) / SHM_ALIGN * SHM_ALIGN;
     size_t bytes = head + s->n * sizeof(float);
     if (bytes < 64)
@@ -179,14 +224,11 @@ static int shm_window(comm__shm *s, err_info *e)
     /* Each rank's segment on its own pages (first touch by its owner, no false sharing). */
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
     void *base = NULL;
-    int mrc = MPI_Win_allocate_shared((MPI_Aint)bytes, 1, info, s->node, &base, &s->win);
+    int rc = shm_win_open(s, bytes, info, &base, &s->win, &s->win_ok, &s->locked, "gradient", e);
     MPI_Info_free(&info);
-    if (mrc != MPI_SUCCESS)
-        return shm_mpi_err(s, e, mrc, "MPI_Win_allocate_shared");
-    s->win_ok = true;
-    if ((mrc = MPI_Win_lock_all(MPI_MODE_NOCHECK, s->win)) != MPI_SUCCESS)
-        return shm_mpi_err(s, e, mrc, "MPI_Win_lock_all");
-    s->locked = true;
+    if (rc != ERR_OK)
+        return rc;
+    int mrc = MPI_SUCCESS;
     /* Zeroed flags: step counters start at 1, so nothing looks published. Touching the whole
      * segment here also takes its page faults out of the first step. */
     memset(base, 0, bytes);
@@ -194,7 +236,8 @@ static int shm_window(comm__shm *s, err_info *e)
     s->slot = calloc(L, sizeof *s->slot);
     s->pub = calloc(L, sizeof *s->pub);
     s->done = calloc(L, sizeof *s->done);
-    if (s->slot == NULL || s->pub == NULL || s->done == NULL)
+    s->upd = calloc(L, sizeof *s->upd);
+    if (s->slot == NULL || s->pub == NULL || s->done == NULL || s->upd == NULL)
         return err_set(e, ERR_NOMEM, "gradient window pointers");
     for (int q = 0; q < s->lsize; q++) {
         MPI_Aint qsize = 0;
@@ -209,6 +252,7 @@ static int shm_window(comm__shm *s, err_info *e)
                            q, (long long)qsize, bytes);
         s->pub[q] = (shm_flag *)p;
         s->done[q] = (shm_flag *)p + s->nb * SHM_FLAG_STRIDE;
+        s->upd[q] = (shm_flag *)p + 2 * s->nb * SHM_FLAG_STRIDE;
         s->slot[q] = (float *)(void *)((char *)p + head);
     }
     /* Everyone's flags are zero before anyone can publish. */
@@ -272,6 +316,11 @@ void comm__shm_layout(const comm__shm *s, int *local_size, int *nodes)
         *nodes = s->nodes;
 }
 
+int comm__shm_local_rank(const comm__shm *s)
+{
+    return s->lrank;
+}
+
 void comm__shm_times(const comm__shm *s, double *t_first, double *t_complete)
 {
     *t_first = s->t_first;
@@ -282,6 +331,13 @@ int comm__shm_begin(comm__shm *s, err_info *e)
 {
     if (rt_failed(s->r))
         return rt_failure(s->r, e);
+    if (s->sharded && s->step > 0) {
+        /* This rank's slot is written again in this step: only after every rank of the node has
+         * applied (so stopped reading the slots for) the last step's update. */
+        int rc = comm__shm_sync(s, e);
+        if (rc != ERR_OK)
+            return rc;
+    }
     s->step++;
     memset(s->published, 0, (s->nb > 0 ? s->nb : 1) * sizeof *s->published);
     memset(s->own_state, OWN_WAIT, (s->nb > 0 ? s->nb : 1) * sizeof *s->own_state);
@@ -364,8 +420,12 @@ static int progress(comm__shm *s, err_info *e)
             break;
         size_t lo = 0, hi = 0;
         bucket_range(s, b, &lo, &hi);
-        sum_slots(s, lo, hi, s->nodes == 1);
         s->next_own = b + L;
+        if (s->sharded && s->nodes == 1) {
+            mark_done(s, b); /* the update sums it (comm__shm_grad) */
+            continue;
+        }
+        sum_slots(s, lo, hi, s->nodes == 1 && !s->sharded);
         if (s->nodes == 1) {
             mark_done(s, b);
             continue;
@@ -384,7 +444,9 @@ static int progress(comm__shm *s, err_info *e)
             int mrc = MPI_Test(&s->req[b], &flag, MPI_STATUS_IGNORE);
             if (mrc != MPI_SUCCESS)
                 return shm_mpi_err(s, e, mrc, "MPI_Test of a reduction between nodes");
-            if (flag)
+            if (flag && s->sharded)
+                mark_done(s, b); /* only this rank's update reads it */
+            else if (flag)
                 write_out(s, b);
         }
     }
@@ -435,10 +497,22 @@ int comm__shm_finish(comm__shm *s, err_info *e)
         int rc = progress(s, e);
         if (rc != ERR_OK)
             return rc;
-        while (s->check_from < s->nb && flag_load(s->done, (int)(s->check_from % (size_t)s->lsize),
-                                                  s->check_from) >= s->step)
-            s->check_from++;
-        if (s->check_from == s->nb)
+        bool complete = true;
+        if (s->sharded) {
+            /* Only the owned buckets: the others are summed by their owners' updates. */
+            for (size_t b = (size_t)s->lrank; b < s->nb && complete; b += (size_t)s->lsize)
+                if (s->own_state[b] != OWN_DONE) {
+                    complete = false;
+                    s->check_from = b;
+                }
+        } else {
+            while (s->check_from < s->nb &&
+                   flag_load(s->done, (int)(s->check_from % (size_t)s->lsize), s->check_from) >=
+                       s->step)
+                s->check_from++;
+            complete = s->check_from == s->nb;
+        }
+        if (complete)
             break;
         if (rt_failed(s->r))
             return rt_failure(s->r, e);
@@ -461,5 +535,147 @@ int comm__shm_finish(comm__shm *s, err_info *e)
         rt_backoff(s->r, now - t0, &nap_ns);
     }
     s->t_complete = MPI_Wtime();
+    return ERR_OK;
+}
+
+/* ---- the shared update ---- */
+
+int comm__shm_share(comm__shm *s, float **a, size_t na, float **b, size_t nb, err_info *e)
+{
+    if (s->sharded)
+        return err_set(e, ERR_USAGE, "model state is already shared");
+    if (na > (SIZE_MAX / sizeof(float) - 64) - nb)
+        return err_set(e, ERR_NOMEM, "shared model state of %zu + %zu floats", na, nb);
+    size_t bytes = (na + nb) * sizeof(float);
+    if (bytes < 64)
+        bytes = 64;
+    /* One copy per node, in local rank 0's segment (the others' segments are empty). */
+    void *base = NULL;
+    int rc = shm_win_open(s, s->lrank == 0 ? bytes : 0, MPI_INFO_NULL, &base, &s->swin, &s->swin_ok,
+                          &s->slocked, "model state", e);
+    if (rc != ERR_OK)
+        return rc;
+    int mrc = MPI_SUCCESS;
+    MPI_Aint qsize = 0;
+    int unit = 0;
+    void *p = NULL;
+    if ((mrc = MPI_Win_shared_query(s->swin, 0, &qsize, &unit, &p)) != MPI_SUCCESS)
+        return shm_mpi_err(s, e, mrc, "MPI_Win_shared_query (model state)");
+    if ((size_t)qsize < bytes || p == NULL)
+        return err_set(e, ERR_SHAPE,
+                       "shared model state: local rank 0 has a segment of %lld bytes, expected "
+                       "at least %zu",
+                       (long long)qsize, bytes);
+    float *state = p;
+    if (s->lrank == 0) {
+        /* Every rank starts from the same values (checked by the caller), so rank 0's do. */
+        if (na > 0)
+            memcpy(state, *a, na * sizeof(float));
+        if (nb > 0)
+            memcpy(state + na, *b, nb * sizeof(float));
+        atomic_thread_fence(memory_order_release);
+    }
+    MPI_Request req = MPI_REQUEST_NULL;
+    if ((mrc = MPI_Ibarrier(s->node, &req)) != MPI_SUCCESS)
+        return shm_mpi_err(s, e, mrc, "MPI_Ibarrier (model state)");
+    rc = shm_wait(s, &req, "model state setup", e);
+    if (rc != ERR_OK)
+        return rc;
+    atomic_thread_fence(memory_order_acquire);
+    s->user_a = a;
+    s->user_b = b;
+    s->own_a = *a;
+    s->own_b = *b;
+    s->na = na;
+    s->nbf = nb;
+    *a = state;
+    if (nb > 0)
+        *b = state + na;
+    s->sharded = true;
+    s->synced = s->step;
+    return ERR_OK;
+}
+
+void comm__shm_unshare(comm__shm *s)
+{
+    if (!s->sharded)
+        return;
+    atomic_thread_fence(memory_order_acquire);
+    const float *state = *s->user_a;
+    if (s->na > 0)
+        memcpy(s->own_a, state, s->na * sizeof(float));
+    if (s->nbf > 0)
+        memcpy(s->own_b, state + s->na, s->nbf * sizeof(float));
+    *s->user_a = s->own_a;
+    if (s->nbf > 0)
+        *s->user_b = s->own_b;
+    s->sharded = false;
+}
+
+bool comm__shm_owned(const comm__shm *s, size_t i, size_t *lo, size_t *hi)
+{
+    size_t b = (size_t)s->lrank + i * (size_t)s->lsize;
+    if (!s->sharded || b >= s->nb || i >= s->nb)
+        return false;
+    bucket_range(s, b, lo, hi);
+    return true;
+}
+
+void comm__shm_grad(const comm__shm *s, size_t lo, size_t hi, float *dst)
+{
+    size_t len = hi - lo;
+    if (s->nodes > 1 || s->lsize == 1) {
+        /* Summed on the node and between nodes into this rank's slot during backward. */
+        memcpy(dst, s->slot[s->lrank] + lo, len * sizeof(float));
+        return;
+    }
+    /* In local-rank order, as sum_slots: the same bits as the replicated update. */
+    const float *restrict x = s->slot[0] + lo;
+    const float *restrict y = s->slot[1] + lo;
+    for (size_t i = 0; i < len; i++)
+        dst[i] = x[i] + y[i];
+    for (int q = 2; q < s->lsize; q++) {
+        const float *restrict z = s->slot[q] + lo;
+        for (size_t i = 0; i < len; i++)
+            dst[i] += z[i];
+    }
+}
+
+void comm__shm_updated(comm__shm *s)
+{
+    if (s->sharded)
+        flag_store(s->upd, s->lrank, 0, s->step);
+}
+
+int comm__shm_sync(comm__shm *s, err_info *e)
+{
+    if (!s->sharded || s->synced >= s->step)
+        return ERR_OK;
+    if (rt_failed(s->r))
+        return rt_failure(s->r, e);
+    comm__shm_updated(s); /* a rank that applied nothing must not make the others wait */
+    double t0 = MPI_Wtime(), timeout = rt_comm_timeout(s->r);
+    long nap_ns = 0;
+    for (int q = 0; q < s->lsize; q++) {
+        while (flag_load(s->upd, q, 0) < s->step) {
+            if (rt_failed(s->r))
+                return rt_failure(s->r, e);
+            double now = MPI_Wtime();
+            if (now - t0 > timeout) {
+                err_info w;
+                err_set(&w, ERR_PEER,
+                        "shared parameter update: rank %d did not apply its part of step %lld's "
+                        "update within %g s (the comm timeout): a rank is dead, stuck or far "
+                        "behind",
+                        s->granks[q], (long long)s->step, timeout);
+                rt_fail(s->r, &w);
+                if (e != NULL)
+                    *e = w;
+                return ERR_PEER;
+            }
+            rt_backoff(s->r, now - t0, &nap_ns);
+        }
+    }
+    s->synced = s->step;
     return ERR_OK;
 }

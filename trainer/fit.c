@@ -68,6 +68,10 @@ struct fit_session {
     int64_t red_max;
     int red_rc;
     err_info red_e;
+    /* Shared update (fit_session_set_shard): this rank updates only its ranges. */
+    bool sharded;
+    fit_shard shard;
+    float *shard_buf; /* FIT_SHARD_CHUNK floats per worker: a piece of the summed gradient */
     /* The current step (written by the calling thread before fit_pool_run). */
     struct fit_step {
         int64_t lrows, grows, it, row0;
@@ -373,6 +377,8 @@ static int setup_regularizers(fit_session *s, const model *m, err_info *e)
 
 /* Adds the L1/L2 penalties' gradients to grads (the global mean gradient) and returns the
  * penalty, which Keras adds to the loss of every batch. */
+/* Penalty of the L1/L2 regularizers (summed over their weights); their gradient is added into
+ * grads unless it is NULL (a shared update adds it range by range: reg_grad_range). */
 static double apply_regularizers(const fit_session *s, const float *params, float *grads)
 {
     double penalty = 0;
@@ -386,11 +392,57 @@ static double apply_regularizers(const fit_session *s, const float *params, floa
             float v = p[k];
             a1 += fabsf(v);
             a2 += (double)v * v;
-            g[k] += l2x2 * v + (v > 0 ? l1 : v < 0 ? -l1 : 0.0f);
+            if (grads != NULL)
+                g[k] += l2x2 * v + (v > 0 ? l1 : v < 0 ? -l1 : 0.0f);
         }
         penalty += r->l1 * a1 + r->l2 * a2;
     }
     return penalty;
+}
+
+/* The regularizers' gradient for trainable elements [lo, hi), added into g[0 .. hi - lo) with
+ * the arithmetic of apply_regularizers(). */
+static void reg_grad_range(const fit_session *s, const float *params, float *g, size_t lo,
+                           size_t hi)
+{
+    for (int i = 0; i < s->n_reg; i++) {
+        const struct fit_reg *r = &s->reg[i];
+        size_t a = r->offset > lo ? r->offset : lo;
+        size_t b = r->offset + r->count < hi ? r->offset + r->count : hi;
+        float l1 = (float)r->l1, l2x2 = (float)(2 * r->l2);
+        for (size_t k = a; k < b; k++) {
+            float v = params[k];
+            g[k - lo] += l2x2 * v + (v > 0 ? l1 : v < 0 ? -l1 : 0.0f);
+        }
+    }
+}
+
+enum { FIT_SHARD_CHUNK = 1024 }; /* floats of summed gradient per update call (stays in L1) */
+
+/* The shared update of this rank's ranges within [lo, hi): each piece of the summed gradient is
+ * gathered into buf (FIT_SHARD_CHUNK floats), regularized and applied at once. */
+static void shard_update(const fit_session *s, float *buf, size_t lo, size_t hi)
+{
+    const float *params = s->m->params;
+    size_t a = 0, b = 0;
+    for (size_t i = 0; s->shard.range(s->shard.ctx, i, &a, &b); i++) {
+        a = a > lo ? a : lo;
+        b = b < hi ? b : hi;
+        for (size_t c = a; c < b; c += FIT_SHARD_CHUNK) {
+            size_t d = b - c < FIT_SHARD_CHUNK ? b : c + FIT_SHARD_CHUNK;
+            s->shard.grad(s->shard.ctx, c, d, buf);
+            if (s->n_reg > 0)
+                reg_grad_range(s, params, buf, c, d);
+            optim_step_range_at(s->opt, s->m, buf, c, d);
+        }
+    }
+}
+
+/* Before the shared state is read again (forward, evaluation, callbacks, the caller): waits
+ * until every rank sharing it has applied its part of the last update. */
+static int shard_sync(const fit_session *s, err_info *e)
+{
+    return s->sharded ? s->shard.sync(s->shard.ctx, e) : ERR_OK;
 }
 
 static int net_reduce_hook(void *ctx, double *buf, int64_t n, err_info *e)
@@ -580,7 +632,7 @@ static void train_serial(fit_session *s)
         for (int j = 0; j < s->n_acc; j++)
             acc[j] += s->w[k].acc[j];
     if (s->n_reg > 0) {
-        double pen = apply_regularizers(s, m->params, layer_net_grads(s->net));
+        double pen = apply_regularizers(s, m->params, s->sharded ? NULL : layer_net_grads(s->net));
         acc[0] += pen * (double)st->lrows;
     }
     memcpy(gacc, acc, sizeof(double) * (size_t)s->n_acc);
@@ -593,7 +645,8 @@ static void train_serial(fit_session *s)
         st->nan = true;
         return;
     }
-    if ((rc = optim_step_begin(s->opt, m, layer_net_grads(s->net), &st->e)) != ERR_OK) {
+    if ((rc = optim_step_begin(s->opt, m, s->sharded ? NULL : layer_net_grads(s->net), &st->e)) !=
+        ERR_OK) {
         st->rc = rc;
         return;
     }
@@ -642,7 +695,9 @@ static void train_worker(void *ctx, int id)
     if (id == 0)
         train_serial(s);
     fit_pool_barrier(s->pool);
-    if (st->update && g != NULL)
+    if (st->update && s->sharded)
+        shard_update(s, s->shard_buf + (size_t)id * FIT_SHARD_CHUNK, w->glo, w->ghi);
+    else if (st->update && g != NULL)
         optim_step_range(s->opt, s->m, g, w->glo, w->ghi);
 }
 
@@ -739,6 +794,7 @@ void fit_session_destroy(fit_session *s)
         free(s->y[o]);
     free(s->acc);
     free(s->reg);
+    free(s->shard_buf);
     free(s);
 }
 
@@ -750,6 +806,35 @@ float *fit_session_grads(fit_session *s)
 void fit_session_set_grads(fit_session *s, float *buf)
 {
     layer_net_set_grads(s->net, buf);
+}
+
+bool fit_session_can_shard(const fit_session *s)
+{
+    return !optim_clips_by_norm(s->opt);
+}
+
+int fit_session_set_shard(fit_session *s, const fit_shard *sh, err_info *e)
+{
+    if (sh == NULL) {
+        s->sharded = false;
+        layer_net_set_update_moving(s->net, true);
+        return ERR_OK;
+    }
+    if (!fit_session_can_shard(s))
+        return err_set(e, ERR_USAGE,
+                       "a shared update cannot clip by norm (clipnorm, global_clipnorm): the norm "
+                       "needs the whole gradient");
+    if (s->shard_buf == NULL) {
+        s->shard_buf = malloc((size_t)s->n_workers * FIT_SHARD_CHUNK * sizeof(float));
+        if (s->shard_buf == NULL)
+            return err_set(e, ERR_NOMEM, "shared update buffers");
+    }
+    s->shard = *sh;
+    s->sharded = true;
+    /* The moving statistics live in the shared parameters: one rank writes them. The workers
+     * other than worker 0 never do. */
+    layer_net_set_update_moving(s->net, sh->writes_moving);
+    return ERR_OK;
 }
 
 static int grad_ready_hook(void *ctx, size_t lo, size_t hi, err_info *e)
@@ -932,6 +1017,16 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
             err_info *ep = local_rc == ERR_OK ? e : &e2;
             double td = now_s();
             tm.data_s += td - ts;
+            /* A shared update: the other ranks' parts of the last one must be in before the
+             * parameters are read (the wait counts as exposed communication). */
+            if (s->sharded) {
+                status(s, epoch + 1, step + 1, "waiting for the shared update");
+                if ((rc = shard_sync(s, e)) != ERR_OK)
+                    break;
+                double tw = now_s();
+                tm.comm_s += tw - td;
+                td = tw;
+            }
             if (s->n_workers > 1) {
                 /* Worker threads: the whole step, update included, in one pool run. */
                 struct fit_step *st = &s->st;
@@ -962,6 +1057,8 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                     break;
                 }
                 optim_step_end(s->opt, m);
+                if (s->sharded)
+                    s->shard.updated(s->shard.ctx);
                 double te = now_s();
                 tm.compute_s += (te - td) - st->comm_s;
                 tm.step_s += te - ts;
@@ -1021,7 +1118,8 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
             if (s->n_reg > 0) {
                 /* Every rank adds the same penalty to the already-summed gradient; the loss
                  * sums count it once per row of the global batch (a per-batch term, as Keras). */
-                double pen = apply_regularizers(s, m->params, layer_net_grads(s->net));
+                double pen =
+                    apply_regularizers(s, m->params, s->sharded ? NULL : layer_net_grads(s->net));
                 acc[0] += pen * (double)lrows;
             }
             /* Global running sums for the progress line and the NaN check. */
@@ -1036,8 +1134,15 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                 break;
             }
             status(s, epoch + 1, step + 1, "update");
-            if ((rc = optim_step(s->opt, m, grads, e)) != ERR_OK)
+            if (s->sharded) {
+                if ((rc = optim_step_begin(s->opt, m, NULL, e)) != ERR_OK)
+                    break;
+                shard_update(s, s->shard_buf, 0, m->n_trainable);
+                optim_step_end(s->opt, m);
+                s->shard.updated(s->shard.ctx);
+            } else if ((rc = optim_step(s->opt, m, grads, e)) != ERR_OK) {
                 break;
+            }
             double te = now_s();
             tm.compute_s += (te - td) - (tc - tb);
             tm.step_s += te - ts;
@@ -1047,6 +1152,8 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                 cb->on_step(cb->ctx, epoch, step + 1, steps, &logs, now_s() - t0);
             }
         }
+        if (rc == ERR_OK)
+            rc = shard_sync(s, e); /* validation and the callbacks read the parameters */
         if (rc != ERR_OK)
             break;
         logs.n = 0;

@@ -9,6 +9,7 @@
  * nothing. Reporting goes through callbacks: library code never prints. */
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels/err.h"
@@ -107,6 +108,32 @@ float *fit_session_grads(fit_session *s);
  * live in buf (m->n_trainable floats, borrowed), e.g. the node-shared buffer of
  * comm_reducer_create_shm(). NULL restores the session's own buffer. */
 void fit_session_set_grads(fit_session *s, float *buf);
+
+/* A shared update (launch/dist.c wires it to comm_reducer_share): the model's parameters and
+ * optimizer state are one copy that several ranks share, and this rank updates only its own
+ * ranges of the trainable parameters. */
+typedef struct fit_shard {
+    void *ctx;
+    /* The i-th range [*lo, *hi) of trainable elements this rank updates; false after the last. */
+    bool (*range)(void *ctx, size_t i, size_t *lo, size_t *hi);
+    /* After the gradient sum: the summed gradient of [lo, hi) (within one range) into dst.
+     * Called by several worker threads at once. */
+    void (*grad)(void *ctx, size_t lo, size_t hi, float *dst);
+    /* This rank has applied its part of the step's update. */
+    void (*updated)(void *ctx);
+    /* Waits until every sharing rank has applied its part (before the parameters are read). */
+    int (*sync)(void *ctx, err_info *e);
+    /* This rank writes the shared non-trainable state (BatchNormalization moving statistics);
+     * exactly one of the sharing ranks must. */
+    bool writes_moving;
+} fit_shard;
+
+/* False when the optimizer clips by norm (clipnorm, global_clipnorm): its scale needs the whole
+ * summed gradient, so a shared update is not possible. */
+bool fit_session_can_shard(const fit_session *s);
+/* Makes fit_train update through sh (copied; NULL: every element on this rank again). ERR_USAGE
+ * when fit_session_can_shard() is false. fit_train returns with the shared state synced. */
+int fit_session_set_shard(fit_session *s, const fit_shard *sh, err_info *e);
 
 /* Trains on `train` (validation as configured). Logs of the last epoch go to *last (may be
  * NULL). Errors: data/shape mismatch (ERR_SHAPE naming the array and the model output), a NaN

@@ -744,6 +744,16 @@ int optim_step_begin(optim *o, model *m, const float *grads, err_info *e)
 
 void optim_step_range(const optim *o, model *m, const float *grads, size_t lo, size_t hi)
 {
+    optim_step_range_at(o, m, grads != NULL ? grads + lo : NULL, lo, hi);
+}
+
+bool optim_clips_by_norm(const optim *o)
+{
+    return o->cfg.clipnorm > 0.0 || o->cfg.global_clipnorm > 0.0;
+}
+
+void optim_step_range_at(const optim *o, model *m, const float *g, size_t lo, size_t hi)
+{
     update_fn fn = o->fn;
     float *slots = m->opt.slots;
     size_t n = o->n;
@@ -759,7 +769,7 @@ void optim_step_range(const optim *o, model *m, const float *grads, size_t lo, s
         float *s0 = o->n_slots > 0 ? slots + a : NULL;
         float *s1 = o->n_slots > 1 ? slots + n + a : NULL;
         float *s2 = o->n_slots > 2 ? slots + 2 * n + a : NULL;
-        fn(&o->k, b - a, o->seg_scale[s], m->params + a, grads + a, s0, s1, s2);
+        fn(&o->k, b - a, o->seg_scale[s], m->params + a, g + (a - lo), s0, s1, s2);
     }
 }
 

@@ -17,6 +17,8 @@
  *                 u_product (starts at 1)
  * m->opt.iterations counts applied steps (Keras `iterations`). */
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels/err.h"
@@ -74,5 +76,11 @@ int optim_step(optim *o, model *m, const float *grads, err_info *e);
 int optim_step_begin(optim *o, model *m, const float *grads, err_info *e);
 void optim_step_range(const optim *o, model *m, const float *grads, size_t lo, size_t hi);
 void optim_step_end(const optim *o, model *m);
+/* optim_step_range() with the gradient of elements [lo, hi) at g[0 .. hi - lo) (e.g. a small
+ * buffer holding just that range). */
+void optim_step_range_at(const optim *o, model *m, const float *g, size_t lo, size_t hi);
+/* True when the update needs the whole gradient before any range (clipnorm or global_clipnorm:
+ * optim_step_begin computes norms over it). */
+bool optim_clips_by_norm(const optim *o);
 
 #endif

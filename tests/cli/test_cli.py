@@ -392,6 +392,53 @@ def case_mpi_threads():
             check(err <= 1e-5, f"{np_} ranks x {t} threads == 1 x 1 (max rel err {err:.2e} <= 1e-5)")
 
 
+def trained_everything(name, *extra, mpi=0):
+    """Every dataset of the saved .h5 (weights and optimizer state), by path."""
+    p = run("train", *extra, "--output", name, mpi=mpi)
+    check(p.returncode == 0, f"train {' '.join(map(str, extra))} -> {name} (np={mpi or 1})", p)
+    out = {}
+    if p.returncode == 0:
+        with h5py.File(path(name), "r") as f:
+            f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def case_mpi_shared_update():
+    """The ranks of a node share one copy of the parameters and optimizer state and each updates
+    its own buckets (the default with --allreduce shm): the same bits as every rank updating
+    everything (--no-shard-update) -- weights, optimizer slots, iterations and BatchNormalization
+    moving statistics -- for Adam with Dropout, SGD with momentum on a CNN with BatchNorm (also
+    with 2 worker threads per rank), an L1L2 regularizer, and clipnorm (which needs the whole
+    gradient: no sharing, same result)."""
+    drop = path("drop_shared.json")
+    with open(os.path.join(MODELS, "fashion_mlp.json")) as f:
+        text = f.read()
+    text = text.replace('{"class_name": "Dense", "config": {"name": "dense_1"',
+                        '{"class_name": "Dropout", "config": {"name": "dropout", "rate": 0.3}},\n'
+                        '  {"class_name": "Dense", "config": {"name": "dense_1", '
+                        '"kernel_regularizer": {"class_name": "L1L2", "config": {"l1": 0.001, "l2": 0.01}}')
+    with open(drop, "w") as f:
+        f.write(text)
+    common = ["--epochs", "2", "--steps-per-epoch", "6", "--batch-size", "96", "--seed", "5"]
+    cases = [
+        ("mlp-adam-dropout-l1l2", [drop, "--optimizer", "adam"], (2, 3, 4), "1"),
+        ("cnn-bn-sgd", [cnn_bn_model(), "--optimizer", "sgd", "--momentum", "0.9"], (2, 3), "1"),
+        ("cnn-bn-sgd-2threads", [cnn_bn_model(), "--optimizer", "sgd", "--momentum", "0.9"], (2,), "2"),
+        ("mlp-clipnorm", ["fashion-mlp", "--optimizer", "adam", "--clipnorm", "0.5"], (2,), "1"),
+    ]
+    for label, extra, nps, threads in cases:
+        for n in nps:
+            args = [*extra, *common, "--threads", threads, "--blas-threads", "1"]
+            shared = trained_everything(f"{label}-{n}-shared.h5", *args, mpi=n)
+            alone = trained_everything(f"{label}-{n}-alone.h5", *args, "--no-shard-update", mpi=n)
+            if shared and alone:
+                same = shared.keys() == alone.keys() and all(
+                    np.array_equal(shared[k], alone[k]) for k in shared)
+                check(same and len(shared) > 0,
+                      f"{label}, {n} ranks x {threads} threads: shared update == every rank updating "
+                      f"everything, bit for bit ({len(shared)} tensors)")
+
+
 def rank_pids(rank):
     """PIDs of cornu processes whose Open MPI rank is `rank` (read from /proc/PID/environ)."""
     pids = []
@@ -492,6 +539,7 @@ CASES = {
     "mpi_equivalence": case_mpi_equivalence,
     "threads_equivalence": case_threads_equivalence,
     "mpi_threads": case_mpi_threads,
+    "mpi_shared_update": case_mpi_shared_update,
     "mpi_failure": case_mpi_failure,
     "accuracy_mlp": lambda: accuracy("fashion-mlp", 0.88, "128"),
     "accuracy_cnn": lambda: accuracy("fashion-cnn", 0.91, "64"),

@@ -201,6 +201,124 @@ static void uneven_nodes(rt *r)
     EXPECT(c == NULL);
 }
 
+/* The shared update (comm_reducer_share): n trainable elements plus 3 more parameters that only
+ * local rank 0 writes, and two slots per element. Each step every rank writes integer
+ * gradients, the buckets it owns (which must cover every element exactly once over the node)
+ * get the exact sum from comm_reducer_grad, and it applies p -= g, s0 += g, s1 += 2 g to them
+ * in the shared copy; after sync every rank sees every element updated, and unshare gives each
+ * rank its own buffers back holding the final values. */
+static void shared_case(rt *r, size_t n, size_t bucket_bytes)
+{
+    int rank = rt_rank(r), size = rt_size(r);
+    err_info e = {ERR_OK, ""};
+    comm_reducer *c = NULL;
+    const size_t np = n + 3;
+    float *p_own = malloc(np * sizeof(float)), *s_own = malloc((2 * n + 1) * sizeof(float));
+    float *dst = malloc((n > 0 ? n : 1) * sizeof(float));
+    int *hits = calloc(n > 0 ? n : 1, sizeof(int));
+    CHECK(p_own != NULL && s_own != NULL && dst != NULL && hits != NULL);
+    for (size_t i = 0; i < np; i++)
+        p_own[i] = (float)(i % 17);
+    for (size_t i = 0; i < 2 * n; i++)
+        s_own[i] = 1.0f;
+    float *p = p_own, *sl = s_own;
+    int rc = create(r, NULL, n, bucket_bytes, &c, &e);
+    EXPECT_MSG(rc == ERR_OK, "create: %s", e.msg);
+    if (rc != ERR_OK)
+        goto done;
+    int local = 0, nodes = 0;
+    comm_reducer_is_shm(c, &local, &nodes);
+    rc = comm_reducer_share(c, &p, np, &sl, 2 * n, &e);
+    if (local < 2) {
+        EXPECT_MSG(rc == ERR_UNSUPPORTED && p == p_own && sl == s_own, "one rank per node: %s",
+                   e.msg);
+        goto done;
+    }
+    EXPECT_MSG(rc == ERR_OK && p != p_own && (n == 0 || sl == p + np), "share: %s", e.msg);
+    if (rc != ERR_OK)
+        goto done;
+    float *g = comm_reducer_buffer(c);
+    for (int step = 0; step < 3; step++) {
+        EXPECT(comm_reducer_sync(c, &e) == ERR_OK);
+        for (size_t i = 0; i < n; i++)
+            g[i] = value_int(i, rank, step);
+        rc = comm_reducer_begin(c, &e);
+        if (rc == ERR_OK)
+            rc = report(c, n, READY_DOWN_RANDOM, rank, step, &e);
+        if (rc == ERR_OK)
+            rc = comm_reducer_finish(c, &e);
+        EXPECT_MSG(rc == ERR_OK, "n=%zu step %d: %s", n, step, e.msg);
+        size_t lo = 0, hi = 0, wrong = 0;
+        for (size_t k = 0; comm_reducer_owned(c, k, &lo, &hi); k++) {
+            comm_reducer_grad(c, lo, hi, dst);
+            for (size_t i = lo; i < hi; i++) {
+                float want = 0;
+                for (int q = 0; q < size; q++)
+                    want += value_int(i, q, step);
+                wrong += dst[i - lo] != want;
+                p[i] -= dst[i - lo];
+                sl[i] += dst[i - lo];
+                sl[n + i] += 2 * dst[i - lo];
+                if (step == 0)
+                    hits[i]++;
+            }
+        }
+        EXPECT_MSG(wrong == 0, "n=%zu step %d: %zu wrong sums", n, step, wrong);
+        if (comm_reducer_local_rank(c) == 0)
+            p[n] += 1.0f; /* a non-trainable parameter: one writer per node */
+        comm_reducer_updated(c);
+    }
+    EXPECT(comm_reducer_sync(c, &e) == ERR_OK);
+    /* Every element owned exactly once per node: the nodes' owner counts add up to `nodes`. */
+    MPI_Allreduce(MPI_IN_PLACE, hits, (int)n, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    size_t bad_own = 0, bad_val = 0;
+    for (size_t i = 0; i < n; i++) {
+        float total = 0;
+        for (int step = 0; step < 3; step++)
+            for (int q = 0; q < size; q++)
+                total += value_int(i, q, step);
+        bad_own += hits[i] != nodes;
+        bad_val += p[i] != (float)(i % 17) - total || sl[i] != 1.0f + total ||
+                   sl[n + i] != 1.0f + 2 * total;
+    }
+    EXPECT_MSG(bad_own == 0 && bad_val == 0 && p[n] == (float)(n % 17) + 3.0f,
+               "n=%zu: %zu elements not owned once per node, %zu wrong values", n, bad_own,
+               bad_val);
+    comm_reducer_unshare(c);
+    EXPECT(p == p_own && sl == s_own);
+    bool back = n == 0 || (p_own[0] == p[0] && s_own[2 * n - 1] == sl[2 * n - 1]);
+    for (size_t i = 0; i < n && back; i++) {
+        float total = 0;
+        for (int step = 0; step < 3; step++)
+            for (int q = 0; q < size; q++)
+                total += value_int(i, q, step);
+        back = p_own[i] == (float)(i % 17) - total && s_own[n + i] == 1.0f + 2 * total;
+    }
+    EXPECT_MSG(back && p_own[n] == (float)(n % 17) + 3.0f, "n=%zu: unshare copied back", n);
+done:
+    comm_reducer_destroy(c);
+    free(p_own);
+    free(s_own);
+    free(dst);
+    free(hits);
+}
+
+/* The MPI reducer cannot share: ERR_UNSUPPORTED on every rank, pointers untouched. */
+static void shared_refused(rt *r)
+{
+    float buf[8] = {0}, *p = buf, *sl = NULL;
+    comm_reducer *c = NULL;
+    err_info e = {ERR_OK, ""};
+    int rc = comm_reducer_create(r, buf, 8, 16, &c, &e);
+    EXPECT_MSG(rc == ERR_OK, "%s", e.msg);
+    if (rc == ERR_OK) {
+        rc = comm_reducer_share(c, &p, 8, &sl, 0, &e);
+        EXPECT_MSG(rc == ERR_UNSUPPORTED && p == buf && strstr(e.msg, "shared-memory reducer"),
+                   "rc %d: %s", rc, e.msg);
+    }
+    comm_reducer_destroy(c);
+}
+
 /* Shared memory: the layout the reducer reports. */
 static void shm_layout(rt *r)
 {
@@ -259,6 +377,14 @@ int main(int argc, char **argv)
         }
     if (runnable)
         mismatch(r);
+    if (runnable && g_shm >= 0) {
+        static const size_t shared_n[][2] = {
+            {1, 4}, {1000, 256}, {4099, 1024}, {100000, 65536}, {0, 64}};
+        for (size_t k = 0; k < sizeof shared_n / sizeof shared_n[0]; k++)
+            shared_case(r, shared_n[k][0], shared_n[k][1]);
+    }
+    if (g_shm < 0)
+        shared_refused(r);
     uneven_nodes(r);
     shm_layout(r);
     int failed = test_finish();

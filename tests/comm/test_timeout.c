@@ -3,8 +3,10 @@
  * expect_run.sh, because the job then ends the way a real run would: the survivors'
  * rt_finalize() finds the runtime failed and aborts the job with the timeout message.
  *
- * usage: test_comm_timeout allreduce|reducer|reducer_shm|agree TIMEOUT_S
- * (reducer_shm: the shared-memory reducer, whose message also names the rank it waits for)
+ * usage: test_comm_timeout allreduce|reducer|reducer_shm|shared|agree TIMEOUT_S
+ * (reducer_shm: the shared-memory reducer, whose message also names the rank it waits for;
+ * shared: its shared update, where rank 1 finishes the gradient sum but never applies its part
+ * of the update, so the others' comm_reducer_sync() must time out naming it)
  * Each survivor prints "timeout-test rank R: P passed, F failed" before the abort. */
 
 #include "trainer/comm.h"
@@ -39,10 +41,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < 100; i++)
         sums[i] = 1.0;
     comm_reducer *c = NULL;
-    bool shm = strcmp(mode, "reducer_shm") == 0;
+    bool shared = strcmp(mode, "shared") == 0;
+    bool shm = shared || strcmp(mode, "reducer_shm") == 0;
     int rc = shm ? comm_reducer_create_shm(r, 1000, 4000, 0, &c, &e)
                  : comm_reducer_create(r, own, 1000, 4000, &c, &e);
     CHECK(rc == ERR_OK);
+    float state_own[1000] = {0}, *state = state_own, *no_slots = NULL;
+    if (shared)
+        CHECK(comm_reducer_share(c, &state, 1000, &no_slots, 0, &e) == ERR_OK);
     float *grads = comm_reducer_buffer(c);
     for (int i = 0; i < 1000; i++)
         grads[i] = 1.0f;
@@ -52,9 +58,22 @@ int main(int argc, char **argv)
         rc = comm_reducer_ready(c, 0, 1000, &e);
     if (rc == ERR_OK)
         rc = comm_reducer_finish(c, &e);
+    if (rc == ERR_OK && shared) {
+        comm_reducer_updated(c);
+        rc = comm_reducer_sync(c, &e);
+    }
     rc = comm_agree(r, rc, &e);
     CHECK(rc == ERR_OK);
 
+    if (shared && rank == 1) {
+        /* Joins the gradient sum of the next step, then never applies its part of the update. */
+        rc = comm_reducer_begin(c, &e);
+        if (rc == ERR_OK)
+            rc = comm_reducer_ready(c, 0, 1000, &e);
+        if (rc == ERR_OK)
+            rc = comm_reducer_finish(c, &e);
+        CHECK(rc == ERR_OK);
+    }
     if (rank == 1) {
         rt_status_set(r, "epoch 1 step 5: stuck in a long computation");
         /* Never joins again; the job ends by abort from the others long before this. */
@@ -74,6 +93,16 @@ int main(int argc, char **argv)
     } else if (strcmp(mode, "agree") == 0) {
         rc = comm_agree(r, ERR_OK, &e);
         where = "error agreement";
+    } else if (shared) {
+        rc = comm_reducer_begin(c, &e);
+        if (rc == ERR_OK)
+            rc = comm_reducer_ready(c, 0, 1000, &e);
+        if (rc == ERR_OK)
+            rc = comm_reducer_finish(c, &e);
+        EXPECT_MSG(rc == ERR_OK, "the gradient sum itself completes: %s", e.msg);
+        comm_reducer_updated(c);
+        rc = comm_reducer_sync(c, &e);
+        where = "shared parameter update: rank 1 did not apply its part";
     } else {
         rc = comm_reducer_begin(c, &e);
         if (rc == ERR_OK)
@@ -87,7 +116,8 @@ int main(int argc, char **argv)
     }
     double dt = MPI_Wtime() - t0;
     char within[64];
-    snprintf(within, sizeof within, "did not complete within %g s", cfg.comm_timeout_s);
+    snprintf(within, sizeof within, "%swithin %g s", shared ? "" : "did not complete ",
+             cfg.comm_timeout_s);
     EXPECT_MSG(rc == ERR_PEER, "rc %d: %s", rc, e.msg);
     EXPECT_MSG(dt >= cfg.comm_timeout_s - 0.01 && dt < cfg.comm_timeout_s + 3.0,
                "returned after %.3f s, timeout %g s", dt, cfg.comm_timeout_s);
