@@ -331,7 +331,9 @@ static int setup_outputs(fit_session *s, model *m, int64_t rows_max, err_info *e
             return err_set(e, ERR_NOMEM, "target buffer of %zu floats", n);
     }
     s->n_acc = acc_size(s->n_out, s->n_metrics);
-    s->acc = calloc((size_t)s->n_acc * 2, sizeof(double));
+    /* acc, then gacc (the global sums) with one more slot: the count of failing ranks that
+     * travels with them (step_agree_sum). */
+    s->acc = calloc((size_t)s->n_acc * 2 + 1, sizeof(double));
     if (s->acc == NULL)
         return err_set(e, ERR_NOMEM, "metric accumulators");
     return ERR_OK;
@@ -588,6 +590,29 @@ static int agree(const fit_session *s, int rc, err_info *e);
 static int sum_over_ranks(const fit_session *s, double *buf, int64_t n, err_info *e);
 static double apply_regularizers(const fit_session *s, const float *params, float *grads);
 
+/* The step's collective after the gradient sum: the error agreement and the global loss and
+ * metric sums (acc into gacc) in ONE allreduce, which also counts the failing ranks in
+ * gacc[n_acc]; only when a rank failed does a second collective (agree) hand every rank the
+ * failing rank's message. Every rank calls it, failed or not. Returns the agreed code; e holds
+ * this rank's own message when rc != ERR_OK on entry. */
+static int step_agree_sum(const fit_session *s, int rc, const double *acc, double *gacc,
+                          err_info *e)
+{
+    memcpy(gacc, acc, sizeof(double) * (size_t)s->n_acc);
+    if (!s->has_comm)
+        return rc;
+    gacc[s->n_acc] = rc != ERR_OK ? 1.0 : 0.0;
+    err_info es = {ERR_OK, ""};
+    int src = sum_over_ranks(s, gacc, s->n_acc + 1, &es);
+    if (src != ERR_OK) {
+        /* The runtime has failed (agree then returns its error without communicating). */
+        if (rc == ERR_OK)
+            *e = es;
+        return agree(s, rc != ERR_OK ? rc : src, e);
+    }
+    return gacc[s->n_acc] > 0 ? agree(s, rc, e) : ERR_OK;
+}
+
 /* Worker 0, between the gradient sum and the update: the rank-level part of the step (what the
  * one-thread loop does after backward). Sets s->st.update, or s->st.rc/e on failure. Only this
  * thread calls MPI. */
@@ -619,27 +644,22 @@ static void train_serial(fit_session *s)
             crc = s->comm.grad_finish(s->comm.ctx, ep);
         if (rc == ERR_OK)
             rc = crc;
-        rc = agree(s, rc, &st->e);
     }
+    double *acc = s->acc, *gacc = s->acc + s->n_acc;
+    for (int k = 0; k < s->n_workers; k++)
+        for (int j = 0; j < s->n_acc; j++)
+            acc[j] += s->w[k].acc[j];
+    if (s->n_reg > 0 && rc == ERR_OK) {
+        double pen = apply_regularizers(s, m->params, s->sharded ? NULL : layer_net_grads(s->net));
+        acc[0] += pen * (double)st->lrows;
+    }
+    rc = step_agree_sum(s, rc, acc, gacc, &st->e);
     st->comm_s = now_s() - t0;
     st->update = false;
     st->nan = false;
     st->rc = rc;
     if (rc != ERR_OK)
         return;
-    double *acc = s->acc, *gacc = s->acc + s->n_acc;
-    for (int k = 0; k < s->n_workers; k++)
-        for (int j = 0; j < s->n_acc; j++)
-            acc[j] += s->w[k].acc[j];
-    if (s->n_reg > 0) {
-        double pen = apply_regularizers(s, m->params, s->sharded ? NULL : layer_net_grads(s->net));
-        acc[0] += pen * (double)st->lrows;
-    }
-    memcpy(gacc, acc, sizeof(double) * (size_t)s->n_acc);
-    if ((rc = sum_over_ranks(s, gacc, s->n_acc, &st->e)) != ERR_OK) {
-        st->rc = rc;
-        return;
-    }
     if (!isfinite(gacc[0])) {
         st->rc = ERR_NUMERIC; /* the caller writes the message (it knows epoch and step) */
         st->nan = true;
@@ -1109,22 +1129,19 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                     local_rc = crc;
             }
             rc = local_rc;
-            if (s->has_comm)
-                rc = agree(s, rc, e);
-            double tc = now_s();
-            tm.comm_s += tc - tb;
-            if (rc != ERR_OK)
-                break;
-            if (s->n_reg > 0) {
+            if (s->n_reg > 0 && rc == ERR_OK) {
                 /* Every rank adds the same penalty to the already-summed gradient; the loss
                  * sums count it once per row of the global batch (a per-batch term, as Keras). */
                 double pen =
                     apply_regularizers(s, m->params, s->sharded ? NULL : layer_net_grads(s->net));
                 acc[0] += pen * (double)lrows;
             }
-            /* Global running sums for the progress line and the NaN check. */
-            memcpy(gacc, acc, sizeof(double) * (size_t)s->n_acc);
-            if ((rc = sum_over_ranks(s, gacc, s->n_acc, e)) != ERR_OK)
+            /* Errors agreed and the global running sums (progress line, NaN check) in one
+             * collective. */
+            rc = step_agree_sum(s, rc, acc, gacc, e);
+            double tc = now_s();
+            tm.comm_s += tc - tb;
+            if (rc != ERR_OK)
                 break;
             if (!isfinite(gacc[0])) {
                 rc = err_set(e, ERR_NUMERIC,
