@@ -96,9 +96,9 @@ static const cli_opt TRAIN_OPTS[] = {
     {"bucket-mb", CLI_FLOAT, "MB", "gradient allreduce bucket size", "0.25"},
     {"allreduce", CLI_STR, "HOW",
      "gradient sum: shm (node shared memory, MPI between nodes), mpi, or auto", "auto"},
-    {"no-shard-update", CLI_FLAG, NULL,
-     "with shm: every rank updates all parameters (default: the ranks of a node share one copy "
-     "and each updates its part)",
+    {"shard-update", CLI_FLAG, NULL,
+     "with shm: the ranks of a node share one copy of the weights and optimizer state and each "
+     "updates its part (less memory; see docs/scaling.md)",
      NULL},
     {"comm-timeout", CLI_FLOAT, "S", "abort when a collective takes longer than S seconds", "600"},
     {"verbose-ranks", CLI_FLAG, NULL, "print per-rank timing (compute, exposed comm, data)", NULL},
@@ -385,8 +385,8 @@ static int cmd_train(dist *dd, int workers, const cli_args *a, err_info *e)
     double bucket_mb;
     if ((rc = cli_float(a, "bucket-mb", &bucket_mb, e)) != ERR_OK)
         goto done;
-    if ((rc = dist_attach(dd, s, m, bucket_mb, cli_str(a, "allreduce"),
-                          !cli_has(a, "no-shard-update"), e)) != ERR_OK)
+    if ((rc = dist_attach(dd, s, m, bucket_mb, cli_str(a, "allreduce"), cli_has(a, "shard-update"),
+                          e)) != ERR_OK)
         goto done;
     if (g_is_root && cli_str(a, "history") != NULL) {
         hist = fopen(cli_str(a, "history"), "w");

@@ -405,8 +405,8 @@ def trained_everything(name, *extra, mpi=0):
 
 def case_mpi_shared_update():
     """The ranks of a node share one copy of the parameters and optimizer state and each updates
-    its own buckets (the default with --allreduce shm): the same bits as every rank updating
-    everything (--no-shard-update) -- weights, optimizer slots, iterations and BatchNormalization
+    its own buckets (--shard-update): the same bits as every rank updating everything (the
+    default) -- weights, optimizer slots, iterations and BatchNormalization
     moving statistics -- for Adam with Dropout, SGD with momentum on a CNN with BatchNorm (also
     with 2 worker threads per rank), an L1L2 regularizer, and clipnorm (which needs the whole
     gradient: no sharing, same result)."""
@@ -429,8 +429,8 @@ def case_mpi_shared_update():
     for label, extra, nps, threads in cases:
         for n in nps:
             args = [*extra, *common, "--threads", threads, "--blas-threads", "1"]
-            shared = trained_everything(f"{label}-{n}-shared.h5", *args, mpi=n)
-            alone = trained_everything(f"{label}-{n}-alone.h5", *args, "--no-shard-update", mpi=n)
+            shared = trained_everything(f"{label}-{n}-shared.h5", *args, "--shard-update", mpi=n)
+            alone = trained_everything(f"{label}-{n}-alone.h5", *args, mpi=n)
             if shared and alone:
                 same = shared.keys() == alone.keys() and all(
                     np.array_equal(shared[k], alone[k]) for k in shared)
