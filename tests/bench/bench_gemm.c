@@ -1,6 +1,6 @@
-/* The BLAS limit of one training step: times cblas_sgemm alone on exactly the GEMM shapes of a
- * training step of the Fashion-MNIST MLP or CNN at a given batch size, as the engine calls them
- * with Keras layouts (row-major, kernel [in, out]):
+/* The matrix-product limit of one training step: times the matrix products alone on exactly the
+ * GEMM shapes of a training step of the Fashion-MNIST MLP or CNN at a given batch size, as the
+ * engine calls them with Keras layouts (row-major, kernel [in, out]):
  *
  *   forward      y  = x k        NoTrans, NoTrans   M = rows, N = out, K = in
  *   kernel grad  dk = x^T dz     Trans,   NoTrans   M = in,   N = out, K = rows
@@ -12,9 +12,13 @@
  * cheapest way sgemm can do those FLOPs); im2col/col2im, bias, activations, pooling, the loss and
  * the optimizer are not GEMMs and are not timed here.
  *
+ * --impl cornu (default) multiplies the way cornu's Dense layer does (kern_dense: our own AVX-512
+ * kernels where they beat OpenBLAS on this CPU and thread count, else sgemm; docs/design.md,
+ * "Who multiplies"), --impl sgemm with cblas_sgemm alone.
+ *
  * Prints one line per GEMM (best time of --iters calls) and a RESULT line with the best time of
  * a whole set (all GEMMs of one step back to back), the FLOPs, and the peak rate of a large
- * square sgemm for reference. Used by tests/bench/run. */
+ * square sgemm for reference. Used by tests/bench/run and tests/bench/scaling.py. */
 
 #include <cblas.h>
 #include <stdint.h>
@@ -22,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "kernels/kern_dense.h"
 
 #define MAX_GEMMS 16
 
@@ -55,8 +61,22 @@ static float *random_buffer(size_t n, uint64_t *state)
     return p;
 }
 
+static int g_cornu = 1; /* --impl cornu */
+static float *g_ws;     /* kern_dense_workspace of the largest product */
+
 static void run(const gemm *g)
 {
+    if (g_cornu) {
+        if (g->ta == CblasTrans) /* dk[in, out] = x^T dz: m = in, n = out, k = rows */
+            kern_dense_backward(g->k, g->m, g->n, ACT_LINEAR, g->a, NULL, NULL, NULL, g->b, g->c,
+                                NULL, false, NULL, false, NULL);
+        else if (g->tb == CblasTrans) /* dx[rows, in] = dz k^T: m = rows, n = in, k = out */
+            kern_dense_backward(g->m, g->n, g->k, ACT_LINEAR, NULL, g->b, NULL, NULL, g->a, NULL,
+                                NULL, false, g->c, false, g_ws);
+        else /* y[rows, out] = x k: m = rows, n = out, k = in */
+            kern_dense_forward(g->m, g->k, g->n, ACT_LINEAR, g->a, g->b, NULL, NULL, g->c);
+        return;
+    }
     int lda = g->ta == CblasNoTrans ? g->k : g->m;
     int ldb = g->tb == CblasNoTrans ? g->n : g->k;
     cblas_sgemm(CblasRowMajor, g->ta, g->tb, g->m, g->n, g->k, 1.0f, g->a, lda, g->b, ldb, 0.0f,
@@ -83,13 +103,14 @@ static const char *kind_name(const gemm *g)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_gemm [--model mlp|cnn] [--batch N] [--threads N] [--iters N] "
-                    "[--reps N] [--peak N]\n");
+                    "[--reps N] [--peak N] [--impl cornu|sgemm]\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *model = "mlp";
     int batch = 128, threads = 1, iters = 20, reps = 5, peak_n = 1024;
+    const char *impl = "cornu";
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--model") == 0 && v)
@@ -104,6 +125,9 @@ int main(int argc, char **argv)
             reps = atoi(v);
         else if (strcmp(argv[i], "--peak") == 0 && v)
             peak_n = atoi(v);
+        else if (strcmp(argv[i], "--impl") == 0 && v &&
+                 (strcmp(v, "cornu") == 0 || strcmp(v, "sgemm") == 0))
+            impl = v;
         else {
             usage();
             return 2;
@@ -115,6 +139,7 @@ int main(int argc, char **argv)
         return 2;
     }
     openblas_set_num_threads(threads);
+    g_cornu = strcmp(impl, "cornu") == 0;
 
     gemm gs[MAX_GEMMS];
     int n = 0;
@@ -138,6 +163,16 @@ int main(int argc, char **argv)
     uint64_t state = UINT64_C(0x9E3779B97F4A7C15);
     double flops = 0;
     int rc = 0;
+    size_t ws = 1;
+    for (int i = 0; i < n; i++) {
+        size_t w = kern_dense_workspace(gs[i].n, gs[i].k);
+        ws = w > ws ? w : ws;
+    }
+    g_ws = malloc(ws * sizeof(float));
+    if (g_ws == NULL) {
+        fprintf(stderr, "bench_gemm: out of memory\n");
+        return 1;
+    }
     for (int i = 0; i < n; i++) {
         gemm *g = &gs[i];
         g->a = random_buffer((size_t)g->m * (size_t)g->k, &state);
@@ -182,6 +217,7 @@ int main(int argc, char **argv)
     }
 
     double peak = 0;
+    g_cornu = 0; /* the peak is OpenBLAS's, whatever --impl */
     if (peak_n > 0) {
         gemm p = {"peak", CblasNoTrans, CblasNoTrans, peak_n, peak_n, peak_n, NULL, NULL, NULL};
         size_t sz = (size_t)peak_n * (size_t)peak_n;
@@ -204,10 +240,11 @@ int main(int argc, char **argv)
         free(p.b);
         free(p.c);
     }
-    printf("RESULT model=%s threads=%d batch=%d gemms=%d gemm_s=%.6e gflop=%.6f gflops=%.3f "
-           "peak_gflops=%.3f\n",
-           model, threads, batch, n, best_set, flops * 1e-9, flops / best_set * 1e-9, peak);
+    printf("RESULT model=%s impl=%s threads=%d batch=%d gemms=%d gemm_s=%.6e gflop=%.6f "
+           "gflops=%.3f peak_gflops=%.3f\n",
+           model, impl, threads, batch, n, best_set, flops * 1e-9, flops / best_set * 1e-9, peak);
 done:
+    free(g_ws);
     for (int i = 0; i < n; i++) {
         free(gs[i].a);
         free(gs[i].b);
