@@ -47,7 +47,7 @@ void kern_dense_backward(int64_t rows, int64_t in, int64_t out, act_kind act, co
     /* dz in place, fused with the bias gradient (column sums). */
     kern_act_bias_backward(act, rows, out, z, y, dy, db, acc_w);
     if (dk != NULL) {
-        if (rows > 0 && in > 0 && out > 0 && kern__mm_own(rows)) {
+        if (rows > 0 && in > 0 && out > 0 && kern__mm_own(in)) {
             if (!acc_w)
                 memset(dk, 0, sizeof(float) * (size_t)(in * out));
             kern__mm_tn(rows, in, out, x, in, dy, out, dk, out);

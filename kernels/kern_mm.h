@@ -8,8 +8,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* True when our products beat cblas_sgemm for an inner dimension of K on this CPU with
- * OpenBLAS's current thread count and kernels (kern_conv.c's policy). */
+/* True when our products beat cblas_sgemm on this CPU with OpenBLAS's current thread count and
+ * kernels (kern_conv.c's policy). K is the convolution's taps (kh * kw * cin, for Dense its input
+ * width) for the forward and kernel-gradient products, and cout (Dense: units) for the input
+ * gradient: below CONV_SMALL_K ours win on every instruction set. */
 bool kern__mm_own(int64_t K);
 
 /* c[R, N] = a[R, K] b[K, N] (+ init[N] on every row when init is not NULL). */
