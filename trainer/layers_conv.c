@@ -314,7 +314,7 @@ int layer__gpool_plan(layer_net *n, lnode *d, err_info *e)
     if (rc != ERR_OK)
         return rc;
     d->cf = L->cfg.channels_first;
-    int64_t h, w, c;
+    int64_t h = 0, w = 0, c = 0; /* set by spatial_dims on success */
     if ((rc = spatial_dims(n, d, is1d, d->cf, &h, &w, &c, e)) != ERR_OK)
         return rc;
     const ltensor *y = layer__out(n, d, 0);
@@ -433,7 +433,7 @@ int layer__zeropad_plan(layer_net *n, lnode *d, err_info *e)
     if (rc != ERR_OK)
         return rc;
     d->cf = c->channels_first;
-    int64_t h, w, ch;
+    int64_t h = 0, w = 0, ch = 0; /* set by spatial_dims on success */
     if ((rc = spatial_dims(n, d, false, d->cf, &h, &w, &ch, e)) != ERR_OK)
         return rc;
     for (int i = 0; i < 4; i++) {
