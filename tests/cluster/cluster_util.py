@@ -1,13 +1,16 @@
-"""Helpers shared by the cluster tests (multihost.py, slurm.py): checks, weight comparison,
-status files, process lookup and clean-up by process id.
+"""Helpers shared by the cluster tests (multihost.py, slurm.py, slurm_multinode.py): checks,
+weight comparison, status files, process lookup and clean-up by process id, killing a rank and
+collecting the job's end, and the scripts' common main().
 
 Exit statuses follow CTest: 0 passed, 1 failed, 77 skipped (SKIP_RETURN_CODE), always with the
 reason on stdout.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 SKIP = 77
@@ -183,3 +186,44 @@ def on_signals_raise():
         raise SystemExit(f"stopped by signal {signum}")
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(s, handler)
+
+
+def kill_and_collect(proc, victim, timeout=60):
+    """SIGKILLs the victim PIDs and waits for proc (the launcher) to end: (its output, seconds
+    from the kill to its end). A launcher still running after `timeout` is stopped."""
+    t0 = time.time()
+    kill_pids(victim)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_popen(proc)
+        out, _ = proc.communicate()
+    return out, time.time() - t0
+
+
+def script_main(script, case, cases, root_why, setup):
+    """The cluster scripts' main(): checks the case and root, makes a temporary directory, runs
+    setup(tmp, undo) -- which builds the cluster, appending a teardown callable to `undo` for
+    everything it starts, and returns what the case takes -- then the case, then every teardown
+    in reverse order, whatever failed. CORNU_KEEP_TMP=1 keeps the directory."""
+    if case not in cases:
+        print(f"usage: {script} CORNU {{{'|'.join(cases)}}}")
+        return 2
+    if os.geteuid() != 0:
+        skip(f"needs root ({root_why})")
+    need_numpy()
+    on_signals_raise()
+    tmp = tempfile.mkdtemp(prefix=f"cornu-{os.path.splitext(script)[0]}-{case}-")
+    undo = []
+    try:
+        cases[case](setup(tmp, undo), tmp)
+    except (RuntimeError, OSError) as exc:
+        check(False, f"setup or run: {exc}")
+    finally:
+        for fn in reversed(undo):
+            fn()
+        if os.environ.get("CORNU_KEEP_TMP"):
+            print(f"kept {tmp} (CORNU_KEEP_TMP)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return finish()

@@ -26,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -290,14 +289,7 @@ def case_failure(cl, tmp):
             return
         host = cl.host_of_pid(victim[0])
         cu.check(host is not None and host != 0, f"rank {victim_rank} runs on a remote host (node{host})")
-        t0 = time.time()
-        cu.kill_pids(victim)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            cu.stop_popen(proc)
-            out, _ = proc.communicate()
-        took = time.time() - t0
+        out, took = cu.kill_and_collect(proc, victim)
     finally:
         cu.stop_popen(proc)
     print(out[-3000:])
@@ -316,29 +308,23 @@ def case_failure(cl, tmp):
 CASES = {"equivalence": case_equivalence, "wrapper": case_wrapper, "failure": case_failure}
 
 
-def main():
-    if CASE not in CASES:
-        print(f"usage: multihost.py CORNU {{{'|'.join(CASES)}}}")
-        return 2
-    if os.geteuid() != 0:
-        cu.skip("needs root (network namespaces, sshd)")
-    cu.need_numpy()
+def setup(tmp, undo):
     probe_capabilities()
-    cu.on_signals_raise()
     remove_stale()
-    tmp = tempfile.mkdtemp(prefix=f"cornu-multihost-{CASE}-")
     cl = Cluster(tmp, NHOSTS)
-    try:
-        cl.up()
-        CASES[CASE](cl, tmp)
-    except (RuntimeError, OSError) as exc:
-        cu.check(False, f"setup or run: {exc}")
-    finally:
-        cl.down()
-        shutil.rmtree(tmp, ignore_errors=True)
-        stale = [n for n in netns_list() if n.startswith(f"{NS_PREFIX}{os.getpid()}-")]
-        cu.check(not stale, f"teardown removed every namespace ({stale})")
-    return cu.finish()
+    undo.append(teardown_check)
+    undo.append(cl.down)
+    cl.up()
+    return cl
+
+
+def teardown_check():
+    stale = [n for n in netns_list() if n.startswith(f"{NS_PREFIX}{os.getpid()}-")]
+    cu.check(not stale, f"teardown removed every namespace ({stale})")
+
+
+def main():
+    return cu.script_main("multihost.py", CASE, CASES, "network namespaces, sshd", setup)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -83,6 +82,63 @@ class Slurm:
         self.env.update({"SLURM_CONF": self.conf, TAG_VAR: self.tag, "CORNU_TEST_TAG": tmp})
         self.task_plugin = None
 
+    def client(self, cmd, timeout, env=None, cwd=None):
+        """A Slurm client command (sinfo, sbatch, scontrol, ...) where the controller is
+        reachable: (exit status, output, seconds)."""
+        return cu.run(cmd, timeout, env=env or self.env, cwd=cwd or self.tmp)
+
+    def write_conf(self, task_plugin, ctld, nodes, partition, per_node):
+        """slurm.conf: the controller `ctld` ("name(address)"), node lines, the partition's
+        node list; per_node: spool, pid and log files per node (%n), for several slurmd sharing
+        this machine's file system."""
+        t = self.tmp
+        n = "-%n" if per_node else ""
+        first_job = 1000 + (os.getpid() % 100000) * 100
+        with open(self.conf, "w") as f:
+            f.write(f"""ClusterName=cornutest
+FirstJobId={first_job}
+SlurmctldHost={ctld}
+SlurmctldPort={self.ctld_port}
+SlurmdPort={self.slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={self.sock}
+CredType=cred/munge
+StateSaveLocation={t}/state
+SlurmdSpoolDir={t}/spool{'/%n' if per_node else ''}
+SlurmctldPidFile={t}/slurmctld.pid
+SlurmdPidFile={t}/slurmd{n}.pid
+SlurmctldLogFile={t}/slurmctld.log
+SlurmdLogFile={t}/slurmd{n}.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin={task_plugin}
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/builtin
+MpiDefault=none
+ReturnToService=2
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MailProg=/bin/true
+KillWait=5
+{nodes}
+PartitionName=debug Nodes={partition} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+""")
+
+    def fresh_dirs(self):
+        """Empty state and spool directories, and the PMIx client directories in ours: the pmix
+        plugin names them /tmp/spmix_appdir_<uid>_<job>.<step> by default, so two clusters on
+        one machine (CTest -j) would otherwise share them."""
+        t = self.tmp
+        for d in ("state", "spool"):
+            shutil.rmtree(f"{t}/{d}", ignore_errors=True)
+            os.makedirs(f"{t}/{d}")
+        os.makedirs(f"{t}/pmix", exist_ok=True)
+        with open(f"{t}/mpi.conf", "w") as f:
+            f.write(f"PMIxCliTmpDirBase={t}/pmix\n")
+
     def start(self, name, cmd):
         log = open(os.path.join(self.tmp, f"{name}.out"), "w")
         self.daemons[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -127,56 +183,17 @@ class Slurm:
         else:
             raise RuntimeError("slurmctld/slurmd never reported the node idle; logs:\n"
                                + self.log("slurmctld") + "\n" + self.log("slurmd"))
-        print(f"slurm up: node cornu0 ({self.hw}), TaskPlugin={self.task_plugin}, "
+        print(f"slurm up: nodes of {self.hw}, TaskPlugin={self.task_plugin}, "
               f"ports {self.ctld_port}/{self.slurmd_port}")
 
     def try_daemons(self, task_plugin):
         self.stop_daemons(("slurmd", "slurmctld"))
-        t = self.tmp
-        for d in ("state", "spool"):
-            shutil.rmtree(f"{t}/{d}", ignore_errors=True)
-            os.makedirs(f"{t}/{d}")
-        # Job ids from a range of this run's own, and the PMIx client directories in our
-        # directory: the pmix plugin names them /tmp/spmix_appdir_<uid>_<job>.<step> by default,
-        # so two clusters on one machine (CTest -j) would otherwise share them.
-        os.makedirs(f"{t}/pmix", exist_ok=True)
-        with open(f"{t}/mpi.conf", "w") as f:
-            f.write(f"PMIxCliTmpDirBase={t}/pmix\n")
-        first_job = 1000 + (os.getpid() % 100000) * 100
+        self.fresh_dirs()
         host = socket.gethostname()
         self.ctld_port, self.slurmd_port = free_port(), free_port()
-        with open(self.conf, "w") as f:
-            f.write(f"""ClusterName=cornutest
-FirstJobId={first_job}
-SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={self.ctld_port}
-SlurmdPort={self.slurmd_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket={self.sock}
-CredType=cred/munge
-StateSaveLocation={t}/state
-SlurmdSpoolDir={t}/spool
-SlurmctldPidFile={t}/slurmctld.pid
-SlurmdPidFile={t}/slurmd.pid
-SlurmctldLogFile={t}/slurmctld.log
-SlurmdLogFile={t}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin={task_plugin}
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/builtin
-MpiDefault=none
-ReturnToService=2
-JobCompType=jobcomp/none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-MailProg=/bin/true
-KillWait=5
-NodeName=cornu0 NodeHostname={host} NodeAddr=127.0.0.1 {self.hw} State=UNKNOWN
-PartitionName=debug Nodes=cornu0 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-""")
+        self.write_conf(task_plugin, f"{host}(127.0.0.1)",
+                        f"NodeName=cornu0 NodeHostname={host} NodeAddr=127.0.0.1 {self.hw} "
+                        "State=UNKNOWN", "cornu0", per_node=False)
         self.start("slurmctld", ["slurmctld", "-D", "-i", "-f", self.conf])
         self.start("slurmd", ["slurmd", "-D", "-N", "cornu0", "-f", self.conf])
         deadline = time.time() + 20
@@ -184,9 +201,8 @@ PartitionName=debug Nodes=cornu0 Default=YES MaxTime=INFINITE State=UP OverSubsc
             if any(self.daemons[d].poll() is not None for d in ("slurmctld", "slurmd")):
                 print(f"{task_plugin}: a daemon exited:\n" + self.log("slurmctld") + self.log("slurmd"))
                 return False
-            p = subprocess.run(["sinfo", "-h", "-n", "cornu0", "-o", "%T"], env=self.env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if p.stdout.strip() == "idle":
+            _, out, _ = self.client(["sinfo", "-h", "-n", "cornu0", "-o", "%T"], 15)
+            if out.strip() == "idle":
                 return True
             time.sleep(0.5)
         print(f"{task_plugin}: node not idle after 20 s")
@@ -198,16 +214,15 @@ PartitionName=debug Nodes=cornu0 Default=YES MaxTime=INFINITE State=UP OverSubsc
 
     def down(self):
         if "slurmctld" in self.daemons and self.daemons["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--partition=debug"], env=self.env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.client(["scancel", "--full", "--partition=debug"], 15)
             deadline = time.time() + 15
             while time.time() < deadline:
-                p = subprocess.run(["squeue", "-h"], env=self.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True)
-                if p.returncode != 0 or not p.stdout.strip():
+                rc, out, _ = self.client(["squeue", "-h"], 15)
+                if rc != 0 or not out.strip():
                     break
                 time.sleep(0.5)
-        self.stop_daemons(("slurmd", "slurmctld", "munged"))
+        # slurmd(s) first, then the controller, then munged.
+        self.stop_daemons(sorted(self.daemons, key=lambda d: (d == "munged", d == "slurmctld")))
         # Job steps (slurmstepd and the tasks) outlive slurmd by design: end them by pid.
         left = [p for p in cu.pids_with_env(f"{TAG_VAR}={self.tag}") if p != os.getpid()]
         cu.kill_pids(left)
@@ -218,7 +233,7 @@ PartitionName=debug Nodes=cornu0 Default=YES MaxTime=INFINITE State=UP OverSubsc
 
 def sbatch(sl, args, env, tmp):
     """Submits a batch job; returns its id (or None, with the check failed)."""
-    rc, out, _ = cu.run(["sbatch", "--parsable"] + args, 30, env=env, cwd=tmp)
+    rc, out, _ = sl.client(["sbatch", "--parsable"] + args, 30, env=env, cwd=tmp)
     m = re.match(r"\s*(\d+)", out) if rc == 0 else None
     if not cu.check(m is not None, f"sbatch {' '.join(args[:6])} ... submitted", out):
         return None
@@ -230,10 +245,9 @@ def job_wait(sl, job, timeout=90):
     returns (exit code, state, seconds), exit code None if it did not end in time."""
     t0 = time.time()
     while time.time() - t0 < timeout:
-        p = subprocess.run(["scontrol", "-o", "show", "job", job], env=sl.env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-        state = re.search(r"JobState=(\S+)", p.stdout)
-        code = re.search(r"ExitCode=(\d+):(\d+)", p.stdout)
+        _, info, _ = sl.client(["scontrol", "-o", "show", "job", job], 15)
+        state = re.search(r"JobState=(\S+)", info)
+        code = re.search(r"ExitCode=(\d+):(\d+)", info)
         if state and state.group(1) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
                                          "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"):
             rc = int(code.group(1)) if code else -1
@@ -241,7 +255,7 @@ def job_wait(sl, job, timeout=90):
                 rc = 128 + int(code.group(2))
             return rc, state.group(1), time.time() - t0
         time.sleep(0.3)
-    subprocess.run(["scancel", job], env=sl.env)
+    sl.client(["scancel", job], 15)
     return None, "still running", time.time() - t0
 
 
@@ -369,14 +383,7 @@ def case_failure(sl, tmp):
             cu.stop_popen(proc)
             cu.check(False, "srun: found task 1's process inside epoch 1", proc.communicate()[0])
         else:
-            t0 = time.time()
-            cu.kill_pids(victim)
-            try:
-                out, _ = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                cu.stop_popen(proc)
-                out, _ = proc.communicate()
-            took = time.time() - t0
+            out, took = cu.kill_and_collect(proc, victim)
             print(out[-1500:])
             cu.check(proc.returncode != 0, f"srun exit status non-zero ({proc.returncode})", out)
             cu.check(took < 30, f"srun: the step ended {took:.1f} s after the kill (< 30 s)", out)
@@ -403,14 +410,7 @@ def case_failure(sl, tmp):
             cu.check(False, "srun (no kill-on-bad-exit): found task 1's process inside epoch 1",
                      proc.communicate()[0])
         else:
-            t0 = time.time()
-            cu.kill_pids(victim)
-            try:
-                out, _ = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                cu.stop_popen(proc)
-                out, _ = proc.communicate()
-            took = time.time() - t0
+            out, took = cu.kill_and_collect(proc, victim)
             print(out[-1500:])
             cu.check(proc.returncode != 0, f"srun (no kill-on-bad-exit) exit status non-zero ({proc.returncode})", out)
             cu.check(took < 30, f"srun (no kill-on-bad-exit): the step ended {took:.1f} s after the kill (< 30 s)", out)
@@ -462,33 +462,25 @@ def case_failure(sl, tmp):
 CASES = {"srun": case_srun, "sbatch": case_sbatch, "failure": case_failure}
 
 
-def main():
-    if CASE not in CASES:
-        print(f"usage: slurm.py CORNU {{{'|'.join(CASES)}}}")
-        return 2
-    if os.geteuid() != 0:
-        cu.skip("needs root (slurmd runs jobs as root here)")
-    missing = [t for t in TOOLS if which(t) is None]
+def need_tools(extra=()):
+    missing = [t for t in TOOLS + tuple(extra) if which(t) is None]
     if missing:
-        cu.skip(f"missing {', '.join(missing)} (Debian: slurm-wlm, munge, openmpi-bin)")
-    cu.need_numpy()
-    cu.on_signals_raise()
+        cu.skip(f"missing {', '.join(missing)} (Debian: slurm-wlm, munge, openmpi-bin, iproute2, "
+                "openssh)")
+
+
+def setup(tmp, undo):
+    need_tools()
     remove_stale()
-    tmp = tempfile.mkdtemp(prefix=f"cornu-slurm-{CASE}-")
     sl = Slurm(tmp)
     sl.env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin:" + sl.env.get("PATH", "")
-    try:
-        sl.up()
-        CASES[CASE](sl, tmp)
-    except (RuntimeError, OSError) as exc:
-        cu.check(False, f"setup or run: {exc}")
-    finally:
-        sl.down()
-        if os.environ.get("CORNU_KEEP_TMP"):
-            print(f"kept {tmp} (CORNU_KEEP_TMP)")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return cu.finish()
+    undo.append(sl.down)
+    sl.up()
+    return sl
+
+
+def main():
+    return cu.script_main("slurm.py", CASE, CASES, "slurmd runs jobs as root here", setup)
 
 
 if __name__ == "__main__":
