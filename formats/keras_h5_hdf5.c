@@ -1015,8 +1015,12 @@ int kh5__dset_read_scalar(hid_t loc, const char *path, double *out, err_info *e)
     return rc;
 }
 
-int kh5__dset_write(hid_t loc, const char *where, const char *path, hid_t mem_type, int rank,
-                    const int64_t *shape, const void *data, err_info *e)
+/* Creates dataset `path` under loc (intermediate groups too), contiguous and never filled:
+ * every byte is written by the caller. alloc_early: its file space is allocated now, so that
+ * its offset is known (kh5__dset_write_raw); otherwise at the first write. `name` names it in
+ * errors. On success *out is the open dataset. */
+static int dset_create(hid_t loc, const char *name, const char *path, hid_t ftype, int rank,
+                       const int64_t *shape, bool alloc_early, hid_t *out, err_info *e)
 {
     int rc = ERR_OK;
     hsize_t dims[TENSOR_MAX_RANK];
@@ -1026,30 +1030,43 @@ int kh5__dset_write(hid_t loc, const char *where, const char *path, hid_t mem_ty
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     hid_t d = H5I_INVALID_HID;
-    /* File dtype = the little-endian twin of the memory dtype, as h5py writes numpy arrays.
-     * Contiguous layout, no fill: every byte is written right away. */
-    hid_t ftype = H5Tequal(mem_type, H5T_NATIVE_FLOAT) > 0 ? H5T_IEEE_F32LE : H5T_STD_I64LE;
     if (space < 0 || lcpl < 0 || dcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
+        (rank > 0 && H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0) ||
         H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0 ||
-        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_LATE) < 0) {
-        rc = err_set(e, ERR_INTERNAL, "%s/%s: cannot set up the dataset", where, path);
-        goto done;
-    }
-    d = H5Dcreate2(loc, path, ftype, space, lcpl, dcpl, H5P_DEFAULT);
-    if (d < 0 || H5Dwrite(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
+        H5Pset_alloc_time(dcpl, alloc_early ? H5D_ALLOC_TIME_EARLY : H5D_ALLOC_TIME_LATE) < 0) {
+        rc = err_set(e, ERR_INTERNAL, "%s: cannot set up the dataset", name);
+    } else if ((d = H5Dcreate2(loc, path, ftype, space, lcpl, dcpl, H5P_DEFAULT)) < 0) {
         char why[256];
         kh5__h5_reason(why, sizeof why);
-        rc = err_set(e, ERR_IO, "%s/%s: cannot write dataset (%s)", where, path, why);
+        rc = err_set(e, ERR_IO, "%s: cannot create dataset (%s)", name, why);
     }
-done:
-    if (d >= 0)
-        H5Dclose(d);
     if (dcpl >= 0)
         H5Pclose(dcpl);
     if (lcpl >= 0)
         H5Pclose(lcpl);
     if (space >= 0)
         H5Sclose(space);
+    *out = d;
+    return rc;
+}
+
+int kh5__dset_write(hid_t loc, const char *where, const char *path, hid_t mem_type, int rank,
+                    const int64_t *shape, const void *data, err_info *e)
+{
+    char name[2 * KH5__PATH_MAX];
+    snprintf(name, sizeof name, "%s/%s", where, path);
+    /* File dtype = the little-endian twin of the memory dtype, as h5py writes numpy arrays. */
+    hid_t ftype = H5Tequal(mem_type, H5T_NATIVE_FLOAT) > 0 ? H5T_IEEE_F32LE : H5T_STD_I64LE;
+    hid_t d = H5I_INVALID_HID;
+    int rc = dset_create(loc, name, path, ftype, rank, shape, false, &d, e);
+    if (rc != ERR_OK)
+        return rc;
+    if (H5Dwrite(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
+        char why[256];
+        kh5__h5_reason(why, sizeof why);
+        rc = err_set(e, ERR_IO, "%s: cannot write dataset (%s)", name, why);
+    }
+    H5Dclose(d);
     return rc;
 }
 
@@ -1078,31 +1095,17 @@ int kh5__dset_write_raw(hid_t loc, const char *where, const char *path, hid_t me
         H5Tequal(H5T_NATIVE_FLOAT, H5T_IEEE_F32LE) <= 0 || rank == 0 ||
         count * sizeof(float) < RAW_MIN_BYTES)
         return kh5__dset_write(loc, where, path, mem_type, rank, shape, data, e);
-    int rc = ERR_OK;
-    hsize_t dims[TENSOR_MAX_RANK];
-    for (int i = 0; i < rank; i++)
-        dims[i] = (hsize_t)shape[i];
-    hid_t space = H5Screate_simple(rank, dims, NULL);
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    hid_t d = H5I_INVALID_HID;
     char name[2 * KH5__PATH_MAX];
     snprintf(name, sizeof name, "%s/%s", where[1] ? where : "", path);
-    /* Contiguous (the default layout), space allocated at creation so that its offset is known
-     * now, never filled: every byte is written by kh5__raw_flush. */
-    if (space < 0 || lcpl < 0 || dcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0 ||
-        H5Pset_layout(dcpl, H5D_CONTIGUOUS) < 0 ||
-        H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) < 0 ||
-        H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) < 0) {
-        rc = err_set(e, ERR_INTERNAL, "%s: cannot set up the dataset", name);
-        goto done;
-    }
-    d = H5Dcreate2(loc, path, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT);
-    haddr_t off = d < 0 ? HADDR_UNDEF : H5Dget_offset(d);
-    if (d < 0 || off == HADDR_UNDEF) {
+    hid_t d = H5I_INVALID_HID;
+    int rc = dset_create(loc, name, path, H5T_IEEE_F32LE, rank, shape, true, &d, e);
+    if (rc != ERR_OK)
+        return rc;
+    haddr_t off = H5Dget_offset(d);
+    if (off == HADDR_UNDEF) {
         char why[256];
         kh5__h5_reason(why, sizeof why);
-        rc = err_set(e, ERR_IO, "%s: cannot create dataset (%s)", name, why);
+        rc = err_set(e, ERR_IO, "%s: no file offset for the dataset (%s)", name, why);
         goto done;
     }
     if (raw->n == raw->cap) {
@@ -1123,14 +1126,7 @@ int kh5__dset_write_raw(hid_t loc, const char *where, const char *path, hid_t me
     strcpy(copy, name);
     raw->s[raw->n++] = (kh5__raw_span){(uint64_t)off, data, count * sizeof(float), copy};
 done:
-    if (d >= 0)
-        H5Dclose(d);
-    if (dcpl >= 0)
-        H5Pclose(dcpl);
-    if (lcpl >= 0)
-        H5Pclose(lcpl);
-    if (space >= 0)
-        H5Sclose(space);
+    H5Dclose(d);
     return rc;
 }
 
