@@ -1,6 +1,8 @@
 #include "trainer/fit.h"
 
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,8 @@
 /* Gradient and optimizer ranges of the workers start at multiples of this many floats (one
  * 64-byte cache line), so no two workers write the same line. */
 #define FIT_RANGE_ALIGN 16
+/* Floats per piece of the workers' overlapped gradient sum (below). */
+#define FIT_SUM_CHUNK 16384
 
 /* One worker thread of a session (docs/design.md, "Threads"): its own nets over the shared model,
  * taking a contiguous slice [lo, lo + rows) of this rank's rows of each batch. Worker 0 runs on
@@ -68,6 +72,20 @@ struct fit_session {
     int64_t red_max;
     int red_rc;
     err_info red_e;
+    /* Worker threads under MPI: the sum over workers runs during backward, in chunks, and worker
+     * 0 hands each summed range to the gradient reducer at once (overlap_*, below). */
+    bool overlap;
+    size_t n_chunks;
+    struct fit_front {
+        _Atomic size_t v;
+        char pad[64 - sizeof(size_t)];
+    } * front;                  /* [n_workers] each worker's final range is [front, n) */
+    _Atomic size_t next_chunk;  /* chunks claimed so far, counted from the end */
+    _Atomic int64_t *chunk_sum; /* [n_chunks] the step whose sum the chunk holds */
+    int64_t ostep;              /* steps run in this mode */
+    size_t reported;            /* worker 0: chunks handed to the reducer */
+    int crc;                    /* worker 0: the reducer's error in this step */
+    err_info ce;
     /* Shared update (fit_session_set_shard): this rank updates only its ranges. */
     bool sharded;
     fit_shard shard;
@@ -550,6 +568,20 @@ static int workers_create(fit_session *s, bool training, bool inference, int64_t
     }
     if (rc == ERR_OK && training)
         s->net = s->w[0].net;
+    if (rc == ERR_OK && training && s->has_comm && s->comm.grad_ready != NULL &&
+        m->n_trainable > 0) {
+        s->n_chunks = (m->n_trainable + FIT_SUM_CHUNK - 1) / FIT_SUM_CHUNK;
+        s->front = aligned_alloc(64, (size_t)W * sizeof *s->front);
+        s->chunk_sum = calloc(s->n_chunks, sizeof *s->chunk_sum);
+        if (s->front == NULL || s->chunk_sum == NULL)
+            return err_set(e, ERR_NOMEM, "overlapped gradient sum: %zu chunks", s->n_chunks);
+        for (size_t c = 0; c < s->n_chunks; c++)
+            atomic_init(&s->chunk_sum[c], 0);
+        for (int k = 0; k < W; k++)
+            atomic_init(&s->front[k].v, m->n_trainable);
+        atomic_init(&s->next_chunk, 0);
+        s->overlap = true;
+    }
     return rc;
 }
 
@@ -571,6 +603,11 @@ static void workers_destroy(fit_session *s)
     }
     free(s->red);
     s->red = NULL;
+    free(s->front);
+    s->front = NULL;
+    free((void *)s->chunk_sum);
+    s->chunk_sum = NULL;
+    s->overlap = false;
 }
 
 /* This worker's slice of the step's local rows, copied from the staging buffers into net. */
@@ -632,14 +669,20 @@ static void train_serial(fit_session *s)
     }
     double t0 = now_s();
     if (s->has_comm) {
-        /* All workers' gradients are summed first: the whole buffer is handed to the reducer
-         * at once (no overlap of communication with backward in this mode). */
         err_info *ep = rc == ERR_OK ? &st->e : &e2;
         int crc = ERR_OK;
-        if (s->comm.grad_begin != NULL)
-            crc = s->comm.grad_begin(s->comm.ctx, ep);
-        if (crc == ERR_OK && s->comm.grad_ready != NULL && m->n_trainable > 0)
-            crc = s->comm.grad_ready(s->comm.ctx, 0, m->n_trainable, ep);
+        if (s->overlap) {
+            /* Begun before the step, every range handed over during backward (overlap_*). */
+            crc = s->crc;
+            if (crc != ERR_OK)
+                *ep = s->ce;
+        } else {
+            /* No gradient (or no reducer): nothing to overlap. */
+            if (s->comm.grad_begin != NULL)
+                crc = s->comm.grad_begin(s->comm.ctx, ep);
+            if (crc == ERR_OK && s->comm.grad_ready != NULL && m->n_trainable > 0)
+                crc = s->comm.grad_ready(s->comm.ctx, 0, m->n_trainable, ep);
+        }
         if (crc == ERR_OK && s->comm.grad_finish != NULL)
             crc = s->comm.grad_finish(s->comm.ctx, ep);
         if (rc == ERR_OK)
@@ -673,6 +716,114 @@ static void train_serial(fit_session *s)
     st->update = true;
 }
 
+/* ---- The workers' gradient sum, overlapped with backward (MPI with worker threads) ----
+ * Each worker publishes how far its backward has got (front: grads[front, n) are final in its
+ * buffer). The gradient is cut into chunks of FIT_SUM_CHUNK floats counted from the end, the
+ * order backward finishes them. Any worker (in its ready hook during backward, and after it)
+ * claims the next chunk once it is final in every worker and adds the workers' buffers into
+ * worker 0's in worker order: the same additions, so the same bits, as the sum after backward.
+ * Worker 0, the thread that may call MPI, hands every run of summed chunks to the gradient
+ * reducer at once, so buckets start while backward still runs. */
+
+/* Called with the calling thread = worker 0, before the pool runs the step. */
+static void overlap_begin(fit_session *s)
+{
+    s->ostep++;
+    s->reported = 0;
+    s->crc = ERR_OK;
+    atomic_store_explicit(&s->next_chunk, 0, memory_order_relaxed);
+    for (int k = 0; k < s->n_workers; k++)
+        atomic_store_explicit(&s->front[k].v, s->m->n_trainable, memory_order_relaxed);
+    if (s->comm.grad_begin != NULL)
+        s->crc = s->comm.grad_begin(s->comm.ctx, &s->ce);
+}
+
+static void chunk_range(const fit_session *s, size_t c, size_t *lo, size_t *hi)
+{
+    size_t n = s->m->n_trainable, top = (size_t)FIT_SUM_CHUNK * c;
+    *hi = n - top;
+    *lo = *hi > FIT_SUM_CHUNK ? *hi - FIT_SUM_CHUNK : 0;
+}
+
+/* Sums every chunk that is final in all workers and not yet claimed. True once every chunk of
+ * the step is claimed. */
+static bool overlap_sum(fit_session *s)
+{
+    size_t front = 0; /* [front, n) is final in every worker */
+    for (int k = 0; k < s->n_workers; k++) {
+        size_t f = atomic_load_explicit(&s->front[k].v, memory_order_acquire);
+        front = f > front ? f : front;
+    }
+    float *g = layer_net_grads(s->w[0].net);
+    for (;;) {
+        size_t c = atomic_load_explicit(&s->next_chunk, memory_order_relaxed);
+        if (c >= s->n_chunks)
+            return true;
+        size_t lo = 0, hi = 0;
+        chunk_range(s, c, &lo, &hi);
+        if (lo < front)
+            return false;
+        if (!atomic_compare_exchange_weak_explicit(&s->next_chunk, &c, c + 1, memory_order_relaxed,
+                                                   memory_order_relaxed))
+            continue;
+        for (int k = 1; k < s->n_workers; k++) {
+            const float *gk = layer_net_grads(s->w[k].net);
+            for (size_t i = lo; i < hi; i++)
+                g[i] += gk[i];
+        }
+        atomic_store_explicit(&s->chunk_sum[c], s->ostep, memory_order_release);
+    }
+}
+
+/* Worker 0: hands the summed chunks that follow the last reported one to the reducer, as one
+ * range. True once every chunk is reported. */
+static bool overlap_report(fit_session *s)
+{
+    size_t first = s->reported, c = first;
+    while (c < s->n_chunks &&
+           atomic_load_explicit(&s->chunk_sum[c], memory_order_acquire) == s->ostep)
+        c++;
+    if (c > first) {
+        size_t lo = 0, hi = 0, unused = 0;
+        chunk_range(s, first, &unused, &hi);
+        chunk_range(s, c - 1, &lo, &unused);
+        s->reported = c;
+        /* After a reducer error nothing more is handed to it (train_serial reports the error). */
+        if (s->crc == ERR_OK)
+            s->crc = s->comm.grad_ready(s->comm.ctx, lo, hi, &s->ce);
+    }
+    return s->reported == s->n_chunks;
+}
+
+/* The ready hook of every worker's backward. Never fails: a reducer error is kept for
+ * train_serial, and every worker's front must reach 0 so that no worker waits forever. */
+static int overlap_ready_hook(void *ctx, size_t lo, size_t hi, err_info *e)
+{
+    (void)hi;
+    (void)e;
+    fit_worker *w = ctx;
+    fit_session *s = w->s;
+    atomic_store_explicit(&s->front[w->id].v, lo, memory_order_release);
+    overlap_sum(s);
+    if (w->id == 0)
+        (void)overlap_report(s);
+    return ERR_OK;
+}
+
+/* After this worker's backward (or instead of it): the rest of the sum, and for worker 0 the
+ * rest of the reporting. Waits for slower workers by spinning, then yielding. */
+static void overlap_end(fit_session *s, fit_worker *w)
+{
+    atomic_store_explicit(&s->front[w->id].v, 0, memory_order_release);
+    for (long polls = 0;; polls++) {
+        bool claimed = overlap_sum(s);
+        if (w->id == 0 ? overlap_report(s) : claimed)
+            return;
+        if (polls > 2000)
+            sched_yield();
+    }
+}
+
 /* One training step on every worker: slice, forward and loss, backward, the gradient sum (each
  * worker sums its range over all workers, in worker order), worker 0's serial part, and the
  * update (each worker its range). */
@@ -698,20 +849,23 @@ static void train_worker(void *ctx, int id)
         all_fwd = all_fwd && s->w[k].fwd_ok;
     if (all_fwd) {
         err_info tmp;
-        int brc = layer_net_backward(w->net, w->rows, NULL, NULL, w->rc == ERR_OK ? &w->e : &tmp);
+        int brc = layer_net_backward(w->net, w->rows, s->overlap ? overlap_ready_hook : NULL, w,
+                                     w->rc == ERR_OK ? &w->e : &tmp);
         if (w->rc == ERR_OK)
             w->rc = brc;
     }
+    if (s->overlap)
+        overlap_end(s, w);
     fit_pool_barrier(s->pool);
     float *g = layer_net_grads(s->w[0].net);
-    if (g != NULL) {
+    if (g != NULL && !s->overlap) {
         for (int k = 1; k < s->n_workers; k++) {
             const float *gk = layer_net_grads(s->w[k].net);
             for (size_t i = w->glo; i < w->ghi; i++)
                 g[i] += gk[i];
         }
+        fit_pool_barrier(s->pool);
     }
-    fit_pool_barrier(s->pool);
     if (id == 0)
         train_serial(s);
     fit_pool_barrier(s->pool);
@@ -1061,6 +1215,8 @@ int fit_train(fit_session *s, const fit_data *train, const fit_callbacks *cb, fi
                     st->load_e = *e;
                 st->pout = NULL;
                 status(s, epoch + 1, step + 1, "step (worker threads)");
+                if (s->overlap)
+                    overlap_begin(s);
                 fit_pool_run(s->pool, train_worker, s);
                 tm.comm_s += st->comm_s;
                 rc = st->rc;

@@ -11,6 +11,7 @@
 
 #include "formats/keras_json.h"
 #include "kernels/rng.h"
+#include "fit_test_data.h"
 #include "test_util.h"
 #include "trainer/data.h"
 #include "trainer/fit.h"
@@ -50,47 +51,27 @@ static int make_data(err_info *e)
     for (int i = 0; i < ROWS; i++)
         y[i] = ybad[i] = (float)rng_below(&r, 5);
     ybad[61] = 7.0f; /* out of range for 5 classes, in the last rows a worker gets */
-    char px[320], py[320], pb[320];
-    snprintf(px, sizeof px, "%s/x.npy", g_dir);
-    snprintf(py, sizeof py, "%s/y.npy", g_dir);
-    snprintf(pb, sizeof pb, "%s/ybad.npy", g_dir);
     int64_t xs[2] = {ROWS, XLEN}, ys[1] = {ROWS};
-    int rc = data_npy_write(px, 2, xs, x, e);
+    int rc = fit_test_npy(g_dir, "x", 2, xs, x, &g_x, e);
     if (rc == ERR_OK)
-        rc = data_npy_write(py, 1, ys, y, e);
+        rc = fit_test_npy(g_dir, "y", 1, ys, y, &g_y, e);
     if (rc == ERR_OK)
-        rc = data_npy_write(pb, 1, ys, ybad, e);
-    if (rc == ERR_OK)
-        rc = data_source_open_npy(px, &g_x, e);
-    if (rc == ERR_OK)
-        rc = data_source_open_npy(py, &g_y, e);
-    if (rc == ERR_OK)
-        rc = data_source_open_npy(pb, &g_ybad, e);
+        rc = fit_test_npy(g_dir, "ybad", 1, ys, ybad, &g_ybad, e);
     return rc;
 }
 
 static int new_model(model **out, err_info *e)
 {
-    model *m = NULL;
-    int rc = kjson_model_parse(MODEL_JSON, strlen(MODEL_JSON), "test", &m, e);
-    if (rc == ERR_OK)
-        rc = init_model(m, 5, e);
-    model_loss l;
-    if (rc == ERR_OK)
-        rc = loss_from_name("sparse_categorical_crossentropy", &l, e);
-    if (rc == ERR_OK)
-        rc = model_train_set_losses(m, 1, &l, NULL, e);
+    int rc = fit_test_model(MODEL_JSON, 5, out, e);
     if (rc == ERR_OK) {
+        model *m = *out;
         m->train.n_metrics = 1;
         m->train.metrics[0] = METRIC_ACCURACY;
         m->train.optim = model_optim_config_default(OPTIM_SGD);
         m->train.optim.momentum = 0.9;
         m->train.optim.lr.initial = 0.05;
         m->train.compiled = true;
-        *out = m;
-        return ERR_OK;
     }
-    model_destroy(m);
     return rc;
 }
 
@@ -108,13 +89,7 @@ static int train(int threads, data_source *y, result *out, err_info *e)
     model *m = NULL;
     fit_session *s = NULL;
     int rc = new_model(&m, e);
-    fit_data d;
-    memset(&d, 0, sizeof d);
-    d.n_x = d.n_y = 1;
-    d.x[0].src = g_x;
-    d.x[0].scale = 1.0f;
-    d.y[0].src = y;
-    d.y[0].scale = 1.0f;
+    fit_data d = fit_test_xy(g_x, y);
     fit_config c = fit_config_default();
     c.epochs = 3;
     c.batch = 32; /* 72 training rows: batches 32, 32, 8; 8 rows over 3 workers is uneven */
@@ -141,18 +116,6 @@ static int train(int threads, data_source *y, result *out, err_info *e)
     return rc;
 }
 
-static double max_rel(const float *a, const float *b, size_t n)
-{
-    double scale = 1e-12, worst = 0;
-    for (size_t i = 0; i < n; i++)
-        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]) / scale;
-        worst = d > worst ? d : worst;
-    }
-    return worst;
-}
-
 int main(void)
 {
     err_info e = {ERR_OK, ""};
@@ -170,7 +133,7 @@ int main(void)
             continue;
         /* Parameters include the moving statistics: applying their update once per worker
          * instead of once per step would move them far beyond rounding. */
-        double err = max_rel(r.params, ref.params, ref.n);
+        double err = fit_test_max_rel(r.params, ref.params, ref.n);
         EXPECT_MSG(r.n == ref.n && err <= 1e-5, "%d threads: weights max rel err %.3g", t, err);
         EXPECT(r.iterations == ref.iterations && ref.iterations == 9);
         EXPECT(r.logs.n == ref.logs.n && ref.logs.n == 4); /* loss, accuracy, val_* */
@@ -178,7 +141,7 @@ int main(void)
             EXPECT_MSG(test_close(r.logs.values[i], ref.logs.values[i], 1e-5, 1e-7),
                        "%d threads: %s %.9g vs %.9g", t, ref.logs.names[i], r.logs.values[i],
                        ref.logs.values[i]);
-        err = max_rel(r.pred, ref.pred, ROWS * 5);
+        err = fit_test_max_rel(r.pred, ref.pred, ROWS * 5);
         EXPECT_MSG(err <= 1e-5, "%d threads: predict max rel err %.3g", t, err);
         for (int i = 0; i < ref.eval.n && i < r.eval.n; i++)
             EXPECT_MSG(test_close(r.eval.values[i], ref.eval.values[i], 1e-5, 1e-7),
@@ -196,7 +159,7 @@ int main(void)
      * run is exact, a perturbed copy is not within 1e-5. */
     memcpy(r.params, ref.params, sizeof(float) * ref.n);
     r.params[3] += 1e-3f * (fabsf(r.params[3]) + 1.0f);
-    EXPECT(max_rel(r.params, ref.params, ref.n) > 1e-5);
+    EXPECT(fit_test_max_rel(r.params, ref.params, ref.n) > 1e-5);
 
     /* A label out of range found by one worker: the run stops with ERR_RANGE naming it. */
     for (int t = 1; t <= 3; t += 2) {
