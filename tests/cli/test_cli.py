@@ -452,35 +452,41 @@ def rank_pids(rank):
 
 def case_mpi_failure():
     # A rank killed with SIGKILL in the middle of an epoch: every rank must stop within 30 s with
-    # a message naming the failed rank; never a hang.
+    # a message naming the failed rank; never a hang. Also with 2 worker threads per rank, where
+    # the workers hand the gradient to the reducer during backward (trainer/fit.c, overlap_*).
     spec = small_data(n=20000)
-    cmd = [os.environ.get("MPIEXEC", "mpirun"), "-np", "3", "--oversubscribe", "-x", "CORNU_TEST_TAG",
-           CORNU, "train", "--data", spec, "--epochs", "50", "--batch-size", "32"]
-    env = dict(os.environ, CORNU_TEST_TAG=TMP)
-    proc = subprocess.Popen(cmd, cwd=TMP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    victim = []
-    deadline = time.time() + 60
-    while not victim and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        victim = rank_pids(1)
-    time.sleep(2.0)  # well inside the first epoch
-    check(bool(victim), "found rank 1's process")
-    t0 = time.time()
-    for pid in victim:
-        os.kill(pid, 9)
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    took = time.time() - t0
-    check(proc.returncode != 0, f"job exit status non-zero ({proc.returncode})")
-    check(took < 30, f"every rank stopped {took:.1f} s after the kill (< 30 s)")
-    text = out + err
-    check("rank 1" in text, "the message names rank 1")
-    print(text[-1500:])
-    left = rank_pids(0) + rank_pids(2)
-    check(not left, f"no rank left running ({left})")
+    for threads in ("1", "2"):
+        cmd = [os.environ.get("MPIEXEC", "mpirun"), "-np", "3", "--oversubscribe", "-x",
+               "CORNU_TEST_TAG", CORNU, "train", "--data", spec, "--epochs", "50", "--batch-size",
+               "32", "--threads", threads]
+        env = dict(os.environ, CORNU_TEST_TAG=TMP)
+        proc = subprocess.Popen(cmd, cwd=TMP, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        victim = []
+        deadline = time.time() + 60
+        while not victim and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            victim = rank_pids(1)
+        time.sleep(2.0)  # well inside the first epoch
+        check(bool(victim), f"{threads} thread(s): found rank 1's process")
+        t0 = time.time()
+        for pid in victim:
+            os.kill(pid, 9)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        took = time.time() - t0
+        check(proc.returncode != 0, f"{threads} thread(s): job exit status non-zero "
+              f"({proc.returncode})")
+        check(took < 30, f"{threads} thread(s): every rank stopped {took:.1f} s after the kill "
+              "(< 30 s)")
+        text = out + err
+        check("rank 1" in text, f"{threads} thread(s): the message names rank 1")
+        print(text[-1500:])
+        left = rank_pids(0) + rank_pids(2)
+        check(not left, f"{threads} thread(s): no rank left running ({left})")
 
 
 def accuracy(model, threshold, batch):

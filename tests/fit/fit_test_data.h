@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "formats/keras_json.h"
@@ -12,6 +13,24 @@
 #include "trainer/fit.h"
 #include "trainer/init.h"
 #include "trainer/loss.h"
+
+/* The test's data directory: /tmp/cornu-test-fit-<tag>-<pid>, created. */
+static inline int fit_test_dir(char *dir, size_t len, const char *tag, int pid, err_info *e)
+{
+    snprintf(dir, len, "/tmp/cornu-test-fit-%s-%d", tag, pid);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", dir);
+    return system(cmd) == 0 ? ERR_OK : err_set(e, ERR_IO, "cannot create %s", dir);
+}
+
+/* Removes it again (a leftover is reported, not a failure). */
+static inline void fit_test_dir_remove(const char *dir)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+}
 
 /* An array written as dir/name.npy and opened as a data source. */
 static inline int fit_test_npy(const char *dir, const char *name, int rank, const int64_t *shape,

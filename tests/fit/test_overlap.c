@@ -121,11 +121,9 @@ static int h_agree(void *ctx, int rc, err_info *e)
 
 static int make_data(err_info *e)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/cornu-test-fit-overlap-%d", (int)getpid());
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", g_dir);
-    if (system(cmd) != 0)
-        return err_set(e, ERR_IO, "cannot create %s", g_dir);
+    int drc = fit_test_dir(g_dir, sizeof g_dir, "overlap", (int)getpid(), e);
+    if (drc != ERR_OK)
+        return drc;
     static float x[ROWS * XLEN], y[ROWS];
     rng r;
     rng_seed(&r, 3, 0);
@@ -214,9 +212,6 @@ int main(void)
     }
     data_source_destroy(g_x);
     data_source_destroy(g_y);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", g_dir);
+    fit_test_dir_remove(g_dir);
     return test_finish();
 }

@@ -38,11 +38,9 @@ static data_source *g_x, *g_y, *g_ybad;
 
 static int make_data(err_info *e)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/cornu-test-fit-threads-%d", (int)getpid());
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", g_dir);
-    if (system(cmd) != 0)
-        return err_set(e, ERR_IO, "cannot create %s", g_dir);
+    int drc = fit_test_dir(g_dir, sizeof g_dir, "threads", (int)getpid(), e);
+    if (drc != ERR_OK)
+        return drc;
     static float x[ROWS * XLEN], y[ROWS], ybad[ROWS];
     rng r;
     rng_seed(&r, 11, 0);
@@ -171,9 +169,6 @@ int main(void)
     data_source_destroy(g_x);
     data_source_destroy(g_y);
     data_source_destroy(g_ybad);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", g_dir);
+    fit_test_dir_remove(g_dir);
     return test_finish();
 }
